@@ -1,0 +1,35 @@
+# Quick start: `make run` (the main job) and `make test` (the test suite).
+# Both create .venv on first use and reuse it afterwards.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+FMNIST := /usr/share/datasets/fashion-mnist
+
+.PHONY: install run test ui bench data
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -e ".[dev]"
+	touch $(STAMP)
+
+# Fashion-MNIST: Debian's package offline; elsewhere torchvision downloads it at run time.
+data:
+	@if [ ! -d $(FMNIST) ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) \
+		|| echo "dataset-fashion-mnist not installed; torchvision will download Fashion-MNIST"; \
+	fi
+
+run: install data
+	$(PY) -m harness
+
+test: install
+	$(PY) -m pytest -q
+
+ui: install
+	$(PY) -m mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db
+
+bench: install
+	$(PY) -m harness.bench

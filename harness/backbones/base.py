@@ -1,0 +1,133 @@
+"""One feature API for every backbone: `embed(images) -> (N, D) float32`, `.dim`, `.fingerprint`.
+
+A subclass only builds its network (`build`); layer taps, pooling, normalisation, precision and
+memory layout live here, so every family gets them the same way.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+from harness.errors import HarnessError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision not in ("auto", "bf16", "fp32"):
+        raise HarnessError(f"backbone.precision must be auto, bf16 or fp32, got {precision!r}.")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_bf16() else "fp32"
+
+
+def pool(x: torch.Tensor, how: str, gem_p: float = 3.0) -> torch.Tensor:
+    """(N, C, H, W) → (N, C); vectors pass through."""
+    if x.ndim == 2:
+        return x
+    if x.ndim != 4:
+        return x.flatten(1)
+    if how == "gap":
+        return x.mean(dim=(2, 3))
+    if how == "max":
+        return x.amax(dim=(2, 3))
+    if how == "gem":
+        return x.clamp(min=1e-6).pow(gem_p).mean(dim=(2, 3)).pow(1.0 / gem_p)
+    raise HarnessError(f"layer.pooling must be gap, max or gem, got {how!r}.")
+
+
+def file_digest(path: str) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+class Backbone:
+    """Base class. `layers` maps backbone-neutral names (penultimate, logits, fc1) to graph nodes."""
+
+    family = "base"
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+
+    def __init__(self, arch: str, weights: str = "imagenet", precision: str = "auto",
+                 layer: str = "penultimate", pooling: str = "gap", layers: dict | None = None,
+                 input_size: int = 224, device: str | None = None, seed: int = 0):
+        self.arch, self.weights, self.input_size, self.seed = arch, str(weights), input_size, seed
+        self.layer_aliases = dict(layers or {})
+        self.layer, self.pooling = layer, pooling
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.precision = resolve_precision(precision, self.device)
+        pool(torch.zeros(1, 1, 1, 1), pooling)  # validate early
+        if self.weights == "random":
+            torch.manual_seed(seed)  # random weights are reproducible, so their features can be cached
+        model = self.build().eval()
+        self.node = self.layer_aliases.get(layer, layer)
+        with warnings.catch_warnings():
+            # torchvision notes that train-mode graphs may differ; we only ever trace eval mode.
+            warnings.filterwarnings("ignore", message="NOTE: The nodes obtained by tracing")
+            nodes = get_graph_node_names(model)[1]
+            if not any(n == self.node or n.startswith(self.node + ".") for n in nodes):
+                aliases = ", ".join(self.layer_aliases) or "none"
+                raise HarnessError(
+                    f"Unknown layer {layer!r} for backbone {arch}. Names: {aliases}; "
+                    f"or a graph node such as {', '.join(nodes[-8:])}."
+                )
+            extractor = create_feature_extractor(model, return_nodes={self.node: "features"})
+        self.model = extractor.eval().to(self.device, memory_format=torch.channels_last)
+        self._mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1)
+
+    def build(self) -> nn.Module:
+        raise NotImplementedError
+
+    @property
+    def weights_id(self) -> str:
+        if self.weights in ("random", "imagenet"):
+            return f"{self.weights}:{self.seed}" if self.weights == "random" else "imagenet"
+        return f"file:{file_digest(self.weights)}"
+
+    @functools.cached_property
+    def fingerprint(self) -> dict:
+        return {"family": self.family, "arch": self.arch, "weights": self.weights_id, "node": self.node,
+                "pooling": self.pooling, "precision": self.precision, "input_size": self.input_size}
+
+    @functools.cached_property
+    def dim(self) -> int:
+        probe = torch.zeros(1, 3, self.input_size, self.input_size, dtype=torch.uint8)
+        return int(self.embed(probe).shape[1])
+
+    @torch.inference_mode()
+    def embed(self, images: torch.Tensor) -> np.ndarray:
+        """uint8 (N, 3, H, W) RGB images → float32 (N, D) features."""
+        x = images.to(self.device, non_blocking=True).float().div_(255.0)
+        x = ((x - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            out = self.model(x)["features"]
+        return pool(out.float(), self.pooling).cpu().numpy().astype(np.float32, copy=False)
+
+
+def describe(fingerprint: dict, preprocess: dict) -> tuple[str, str]:
+    """(short id, canonical JSON) of everything that changes a feature vector."""
+    blob = json.dumps({**fingerprint, **preprocess}, sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16], blob

@@ -1,0 +1,30 @@
+"""Config helpers shared by the CLI, the tests and the demo."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra.utils
+from hydra.errors import InstantiationException
+from omegaconf import OmegaConf
+
+from harness.errors import HarnessError
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = ROOT / "conf"
+
+# ${repo_root:} keeps MLflow, the feature store and the cache in the checkout, whatever the cwd.
+if not OmegaConf.has_resolver("repo_root"):
+    OmegaConf.register_new_resolver("repo_root", lambda: str(ROOT))
+
+
+def instantiate(spec, **kwargs):
+    """hydra.utils.instantiate, but a HarnessError raised by the target comes out as itself."""
+    try:
+        return hydra.utils.instantiate(spec, **kwargs)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        while cause is not None and not isinstance(cause, HarnessError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise

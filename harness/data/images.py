@@ -1,0 +1,67 @@
+"""Robust image decoding: every odd-but-valid file becomes an RGB PIL image, every broken one a BadImage."""
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+
+class BadImage(Exception):
+    """The file cannot be used as a catalog image; the message says why in a few words."""
+
+
+def content_hash(data: bytes) -> str:
+    return hashlib.sha1(data).hexdigest()
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    # 16-bit and 32-bit integer/float greyscale: PIL's convert("L") clips instead of scaling.
+    arr = np.asarray(img, dtype=np.float64)
+    lo, hi = float(arr.min()), float(arr.max())
+    scale = 255.0 / (hi - lo) if hi > lo else 0.0
+    return Image.fromarray(((arr - lo) * scale).astype(np.uint8), mode="L")
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """Decode bytes to an RGB image; raise BadImage for empty, truncated, non-image or bomb files."""
+    if not data:
+        raise BadImage("empty file")
+    try:
+        with warnings.catch_warnings():
+            # Treat PIL's size warning as an error too: a 90-180 Mpixel "photo" is a bomb for us.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            if getattr(img, "n_frames", 1) > 1:
+                img.seek(0)  # animated GIF/WebP/APNG: the first frame stands for the product
+            img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadImage(f"decompression bomb ({exc})") from None
+    except UnidentifiedImageError:
+        raise BadImage("not an image") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise BadImage(f"corrupt or truncated ({exc})") from None
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # a broken EXIF block must not cost us a good picture
+        pass
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        img = _to_8bit(img)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        # Transparent pixels become white, the catalog's studio background.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("RGB")
+
+
+def read_image(path: str) -> tuple[Image.Image, str]:
+    """Read a file, return (RGB image, content hash)."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise BadImage(f"unreadable ({exc.strerror})") from None
+    return decode_image(data), content_hash(data)

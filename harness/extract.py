@@ -1,0 +1,114 @@
+"""Images → features, through the feature store: only images it has not seen are decoded and embedded."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from harness.backbones.base import Backbone, describe
+from harness.data.images import BadImage, content_hash, decode_image
+from harness.store import FeatureStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Features:
+    emb: np.ndarray                 # (n, D) float32; rows of skipped images are zero
+    valid: np.ndarray               # (n,) bool
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    extracted: int = 0              # images embedded in this call (the rest came from the store)
+    seconds: float = 0.0            # wall time of the whole feature stage
+    embed_seconds: float = 0.0      # wall time of decoding + embedding the new images
+    fingerprint: str = ""
+
+
+class _Decode(Dataset):
+    """Worker-side: read, decode, preprocess → uint8 CHW tensor (or the reason it failed)."""
+
+    def __init__(self, paths: list[str], preprocess):
+        self.paths, self.preprocess = paths, preprocess
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        try:
+            with open(self.paths[i], "rb") as fh:
+                img = decode_image(fh.read())
+            arr = np.asarray(self.preprocess(img), dtype=np.uint8)
+            return i, torch.from_numpy(arr.copy()).permute(2, 0, 1), ""
+        except BadImage as exc:
+            return i, None, str(exc)
+        except OSError as exc:
+            return i, None, f"unreadable ({exc})"
+
+
+def _collate(batch):
+    return batch
+
+
+def hash_files(paths: list[str]) -> tuple[list[str | None], dict[int, str]]:
+    hashes, failed = [], {}
+    for i, p in enumerate(paths):
+        try:
+            with open(p, "rb") as fh:
+                hashes.append(content_hash(fh.read()))
+        except OSError as exc:
+            hashes.append(None)
+            failed[i] = f"unreadable ({exc.strerror})"
+    return hashes, failed
+
+
+def extract(paths: list[str], backbone: Backbone, preprocess, store: FeatureStore,
+            batch_size: int = 32, num_workers: int = 2, progress: bool = True) -> Features:
+    t0 = time.perf_counter()
+    fingerprint, description = describe({**backbone.fingerprint, "store_dtype": store.dtype.name},
+                                         preprocess.fingerprint())
+    store.register(fingerprint, description, backbone.dim)
+    hashes, failed = hash_files(paths)
+    cached = store.get(fingerprint, [h for h in hashes if h])
+    todo: dict[str, int] = {}  # one embedding per distinct content
+    for i, h in enumerate(hashes):
+        if h and h not in cached and h not in todo:
+            todo[h] = i
+    t_embed = time.perf_counter()
+    if todo:
+        log.info("extracting %d images with %s (%s); %d from the feature store",
+                 len(todo), backbone.arch, backbone.precision, len(paths) - len(todo) - len(failed))
+        order = list(todo.values())
+        loader = DataLoader(_Decode([paths[i] for i in order], preprocess), batch_size=batch_size,
+                            num_workers=num_workers, collate_fn=_collate)
+        with tqdm(total=len(order), desc=f"extract {backbone.arch}", unit="img", disable=None if progress else True, mininterval=2) as bar:
+            for batch in loader:
+                good = [(order[j], t) for j, t, _ in batch if t is not None]
+                for j, _, reason in batch:
+                    if reason:
+                        failed[order[j]] = reason
+                if good:
+                    vecs = backbone.embed(torch.stack([t for _, t in good]))
+                    new = [hashes[i] for i, _ in good]
+                    store.put(fingerprint, new, vecs)
+                    cached.update(zip(new, vecs.astype(store.dtype).astype(np.float32)))
+                bar.update(len(batch))
+    embed_seconds = time.perf_counter() - t_embed
+    for i, reason in sorted(failed.items()):
+        log.warning("skipped %s: %s", paths[i], reason)
+    emb = np.zeros((len(paths), backbone.dim), dtype=np.float32)
+    valid = np.zeros(len(paths), dtype=bool)
+    for i, h in enumerate(hashes):
+        if h in cached and i not in failed:
+            emb[i], valid[i] = cached[h], True
+    # A duplicate of a broken file is just as broken.
+    bad_hashes = {hashes[i] for i in failed if hashes[i]}
+    for i, h in enumerate(hashes):
+        if h in bad_hashes and i not in failed:
+            failed[i] = "duplicate of a skipped file"
+    skipped = [(paths[i], failed[i]) for i in sorted(failed)]
+    return Features(emb, valid, skipped, extracted=len(todo) - len([i for i in todo.values() if i in failed]),
+                    seconds=time.perf_counter() - t0, embed_seconds=embed_seconds, fingerprint=fingerprint)

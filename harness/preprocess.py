@@ -1,0 +1,91 @@
+"""Preprocessing: PIL RGB image in, size×size PIL RGB image out. Normalisation belongs to the backbone."""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+
+def border_colour(img: Image.Image) -> tuple[int, int, int]:
+    """The median colour of the outermost pixels: the studio background of a catalog photo."""
+    arr = np.asarray(img)
+    border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]])
+    return tuple(int(v) for v in np.median(border, axis=0))
+
+
+def foreground_box(img: Image.Image, tolerance: int = 24, margin: float = 0.02):
+    """Bounding box (left, top, right, bottom) of the pixels that differ from the border colour."""
+    arr = np.asarray(img).astype(np.int16)
+    bg = np.array(border_colour(img), dtype=np.int16)
+    mask = np.abs(arr - bg).max(axis=2) > tolerance
+    if not mask.any():
+        return (0, 0, img.width, img.height)
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    pad = int(round(margin * max(img.size)))
+    return (max(int(cols[0]) - pad, 0), max(int(rows[0]) - pad, 0),
+            min(int(cols[-1]) + 1 + pad, img.width), min(int(rows[-1]) + 1 + pad, img.height))
+
+
+def pad_to_square(img: Image.Image, colour) -> Image.Image:
+    side = max(img.size)
+    canvas = Image.new("RGB", (side, side), colour)
+    canvas.paste(img, ((side - img.width) // 2, (side - img.height) // 2))
+    return canvas
+
+
+class Preprocess:
+    name = "base"
+
+    def __init__(self, size: int = 224):
+        self.size = size
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        raise NotImplementedError
+
+    def fingerprint(self) -> dict:
+        return {"preprocess": self.name, **{k: v for k, v in vars(self).items()}}
+
+
+class Resize(Preprocess):
+    """Stretch to size×size, as the study did."""
+    name = "resize"
+
+    def __call__(self, img):
+        return img.resize((self.size, self.size), Image.BILINEAR)
+
+
+class Pad(Preprocess):
+    """Keep the aspect ratio: pad to a square with the background colour, then resize."""
+    name = "pad"
+
+    def __call__(self, img):
+        return pad_to_square(img, border_colour(img)).resize((self.size, self.size), Image.BILINEAR)
+
+
+class CenterCrop(Preprocess):
+    """ImageNet evaluation style: shorter side to size/crop_fraction, then the central size×size."""
+    name = "center_crop"
+
+    def __init__(self, size: int = 224, crop_fraction: float = 0.875):
+        super().__init__(size)
+        self.crop_fraction = crop_fraction
+
+    def __call__(self, img):
+        short = round(self.size / self.crop_fraction)
+        scale = short / min(img.size)
+        w, h = max(round(img.width * scale), self.size), max(round(img.height * scale), self.size)
+        img = img.resize((w, h), Image.BILINEAR)
+        left, top = (w - self.size) // 2, (h - self.size) // 2
+        return img.crop((left, top, left + self.size, top + self.size))
+
+
+class Roi(Preprocess):
+    """Trim the near-uniform background around the product, then pad to a square."""
+    name = "roi"
+
+    def __init__(self, size: int = 224, tolerance: int = 24, margin: float = 0.02):
+        super().__init__(size)
+        self.tolerance, self.margin = tolerance, margin
+
+    def __call__(self, img):
+        cropped = img.crop(foreground_box(img, self.tolerance, self.margin))
+        return pad_to_square(cropped, border_colour(img)).resize((self.size, self.size), Image.BILINEAR)

@@ -1,0 +1,86 @@
+"""Protocols decide which images are queries; the rest of the catalog is what they search.
+
+Each protocol returns the (possibly extended) catalog and a list of folds; a query is never in
+its own fold's reference set, so it never retrieves itself.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from harness.data.catalog import Catalog, FolderOrManifest, stratified_order
+from harness.errors import HarnessError
+
+
+@dataclass
+class Fold:
+    query_idx: np.ndarray  # rows of catalog.items used as queries
+    ref_idx: np.ndarray    # rows they search
+
+
+class Protocol:
+    def split(self, catalog: Catalog) -> tuple[Catalog, list[Fold]]:
+        raise NotImplementedError
+
+
+def _fold_from_mask(is_query: np.ndarray) -> Fold:
+    return Fold(np.flatnonzero(is_query), np.flatnonzero(~is_query))
+
+
+class Holdout(Protocol):
+    """A seeded, stratified `query_fraction` of the catalog are queries."""
+
+    def __init__(self, query_fraction: float = 0.1, seed: int = 0):
+        if not 0 < query_fraction < 1:
+            raise HarnessError(f"protocol.query_fraction must be in (0, 1), got {query_fraction}.")
+        self.query_fraction, self.seed = query_fraction, seed
+
+    def split(self, catalog):
+        n = len(catalog)
+        n_query = max(1, int(round(self.query_fraction * n)))
+        order = stratified_order(catalog.items[catalog.levels[-1]], self.seed)
+        is_query = np.zeros(n, dtype=bool)
+        is_query[order[:n_query]] = True
+        return catalog, [_fold_from_mask(is_query)]
+
+
+class Predefined(Protocol):
+    """The dataset's own split column (Fashion-MNIST: train = catalog, test = queries)."""
+
+    def split(self, catalog):
+        if "split" not in catalog.items.columns:
+            raise HarnessError("protocol=predefined needs a dataset with a 'split' column (catalog/query); "
+                               "use protocol=holdout, kfold or queries instead.")
+        return catalog, [_fold_from_mask(catalog.items["split"].to_numpy() == "query")]
+
+
+class Queries(Protocol):
+    """A separate query set (`protocol.root`), laid out like the catalog, as the study's test folder."""
+
+    def __init__(self, root: str | None = None):
+        self.root = root
+
+    def split(self, catalog):
+        if not self.root:
+            raise HarnessError("protocol=queries needs protocol.root=DIR holding the query images.")
+        queries = FolderOrManifest(self.root, catalog.levels).load().items
+        items = pd.concat([catalog.items.assign(split="catalog"), queries.assign(split="query")],
+                          ignore_index=True)
+        return Predefined().split(Catalog(items, catalog.levels))
+
+
+class KFold(Protocol):
+    """Stratified, seeded k-fold: every image is a query once, against all other folds."""
+
+    def __init__(self, folds: int = 10, seed: int = 0):
+        if folds < 2:
+            raise HarnessError(f"protocol.folds must be at least 2, got {folds}.")
+        self.folds, self.seed = folds, seed
+
+    def split(self, catalog):
+        order = stratified_order(catalog.items[catalog.levels[-1]], self.seed)
+        assignment = np.empty(len(catalog), dtype=int)
+        assignment[order] = np.arange(len(catalog)) % self.folds
+        return catalog, [_fold_from_mask(assignment == f) for f in range(self.folds)]

@@ -1,0 +1,136 @@
+"""run(cfg): the library function behind `python -m harness`; tests and the demo call it too."""
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from harness.config import instantiate
+from omegaconf import DictConfig
+
+from harness import tracking
+from harness.evaluators.base import EvalContext
+from harness.extract import extract
+from harness.protocols import Fold
+from harness.search import build_index
+from harness.store import FeatureStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SearchResult:
+    query_rows: np.ndarray  # catalog rows of the queries
+    indices: np.ndarray     # (Q, k) catalog rows of the neighbours, -1 where a category had fewer than k
+    distances: np.ndarray   # (Q, k)
+
+
+def search(emb: np.ndarray, query_rows: np.ndarray, ref_rows: np.ndarray, metric, k: int,
+           groups: np.ndarray | None = None, index: str = "exact") -> SearchResult:
+    """k nearest catalog rows for each query row; with `groups`, only within the query's group."""
+    indices = np.full((len(query_rows), k), -1, dtype=np.int64)
+    distances = np.full((len(query_rows), k), np.inf, dtype=np.float32)
+    if groups is None:
+        parts = [(np.arange(len(query_rows)), ref_rows)]
+    else:
+        parts = [(np.flatnonzero(groups[query_rows] == g), ref_rows[groups[ref_rows] == g])
+                 for g in np.unique(groups[query_rows])]
+    for q_pos, refs in parts:
+        if len(refs) == 0:
+            continue
+        d, i = build_index(emb[refs], metric, index=index).search(emb[query_rows[q_pos]], k)
+        distances[q_pos, : d.shape[1]] = d
+        indices[q_pos, : i.shape[1]] = refs[i]
+    return SearchResult(query_rows, indices, distances)
+
+
+def _context(items: pd.DataFrame, result: SearchResult, levels, k) -> EvalContext:
+    return EvalContext(items.iloc[result.query_rows].reset_index(drop=True), items,
+                       result.indices, result.distances, list(levels), k)
+
+
+def aggregate(per_fold: list[dict[str, float]]) -> dict[str, float]:
+    """For every metric: mean, standard deviation and coefficient of variation across folds."""
+    out = {}
+    for name in per_fold[0]:
+        values = np.array([m[name] for m in per_fold], dtype=float)
+        mean, std = float(values.mean()), float(values.std(ddof=1))
+        out.update({f"{name}_mean": mean, f"{name}_std": std,
+                    f"{name}_cv": std / mean if mean else float("nan")})
+    return out
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    catalog = instantiate(cfg.dataset).load()
+    catalog, folds = instantiate(cfg.protocol).split(catalog)
+    items, levels, k = catalog.items, catalog.levels, int(cfg.k)
+    backbone = instantiate(cfg.backbone, layer=cfg.layer.name, pooling=cfg.layer.pooling)
+    preprocess = instantiate(cfg.preprocess)
+    metric = instantiate(cfg.metric)
+    evaluators = {name: instantiate(spec) for name, spec in cfg.evaluator.items()
+                  if isinstance(spec, DictConfig) and "_target_" in spec}
+    groups = items[levels[0]].to_numpy() if cfg.search.within_category else None
+    store = FeatureStore(cfg.store.path, cfg.store.dtype)
+    run_name = f"{backbone.arch}-{cfg.layer.name}-{preprocess.name}-{metric!r}".lower()
+    with tracking.job_run(cfg, run_name) as run_id, tempfile.TemporaryDirectory() as tmp:
+        out_dir = Path(tmp)
+        feats = extract(items["path"].tolist(), backbone, preprocess, store,
+                        batch_size=cfg.extract.batch_size, num_workers=cfg.extract.num_workers,
+                        progress=cfg.extract.progress)
+        t0 = time.perf_counter()
+        results = [search(feats.emb, f.query_idx[feats.valid[f.query_idx]],
+                          f.ref_idx[feats.valid[f.ref_idx]], metric, k, groups, cfg.search.index)
+                   for f in folds]
+        search_seconds = time.perf_counter() - t0
+
+        def evaluate(ctx: EvalContext) -> dict[str, float]:
+            return {key: value for ev in evaluators.values() for key, value in ev.evaluate(ctx).items()}
+
+        pooled = SearchResult(np.concatenate([r.query_rows for r in results]),
+                              np.concatenate([r.indices for r in results]),
+                              np.concatenate([r.distances for r in results]))
+        ctx = _context(items, pooled, levels, k)
+        metrics = evaluate(ctx)
+        if len(folds) > 1:
+            per_fold = [evaluate(_context(items, r, levels, k)) for r in results]
+            for fold, fold_metrics in enumerate(per_fold):
+                tracking.log_metrics(fold_metrics, step=fold)
+            metrics.update(aggregate(per_fold))
+        n_catalog = int(feats.valid[folds[0].ref_idx].sum()) if len(folds) == 1 else int(feats.valid.sum())
+        metrics.update({
+            "n_catalog": n_catalog, "n_queries": len(pooled.query_rows), "feature_dim": backbone.dim,
+            "extract_seconds": feats.seconds, "images_extracted": feats.extracted,
+            "skipped_images": len(feats.skipped), "search_seconds": search_seconds,
+        })
+        if feats.extracted:
+            metrics["images_per_second"] = feats.extracted / feats.embed_seconds
+        tracking.log_metrics(metrics)
+
+        artifacts = [p for ev in evaluators.values() for p in ev.write_artifacts(ctx, out_dir)]
+        skipped = out_dir / "skipped_images.csv"
+        pd.DataFrame(feats.skipped, columns=["path", "reason"]).to_csv(skipped, index=False)
+        tracking.log_artifacts([*artifacts, skipped])
+        ids = items["item_id"].to_numpy()
+        store.put_neighbours(run_id, ids[pooled.query_rows],
+                             np.where(pooled.indices >= 0, ids[pooled.indices], ""), pooled.distances)
+    store.close()
+    _report(cfg, run_id, run_name, metrics, levels, k)
+    return metrics
+
+
+def _report(cfg, run_id, run_name, metrics, levels, k) -> None:
+    lines = [f"run {run_name} ({run_id})"]
+    for level in levels:
+        key = f"{level}_precision_at_{k}"
+        lines.append(f"  {key:<32} {metrics[key]:.4f}")
+    lines.append(f"  catalog {metrics['n_catalog']}, queries {metrics['n_queries']}, "
+                 f"skipped {metrics['skipped_images']}, features {metrics['feature_dim']}-d, "
+                 f"feature stage {metrics['extract_seconds']:.1f}s")
+    lines.append(f"  results: MLflow {cfg.tracking.uri} (experiment '{cfg.tracking.experiment}'); "
+                 f"neighbours: {cfg.store.path}")
+    lines.append(f"  open the UI: make ui   (mlflow ui --backend-store-uri {cfg.tracking.uri})")
+    log.info("\n".join(lines))

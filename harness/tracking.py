@@ -1,0 +1,90 @@
+"""Everything MLflow: experiments, runs, params, metrics, artifacts, the sweep's parent run.
+
+No other module imports mlflow.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+from hydra.experimental.callback import Callback
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+SWEEP_ENV = "HARNESS_SWEEP_RUN_ID"  # set while a Hydra multirun is going: its jobs become child runs
+
+
+def configure(tracking: DictConfig) -> str:
+    """Point MLflow at the configured store; create the experiment with artifacts beside the DB."""
+    if tracking.uri.startswith("sqlite:///"):
+        Path(tracking.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(tracking.uri)
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(tracking.experiment)
+    if exp is None:
+        root = Path(tracking.artifact_root).resolve() / tracking.experiment
+        exp_id = client.create_experiment(tracking.experiment, artifact_location=root.as_uri())
+    else:
+        exp_id = exp.experiment_id
+    mlflow.set_experiment(experiment_id=exp_id)
+    return exp_id
+
+
+def flatten(cfg: dict, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = str(value)
+    return out
+
+
+@contextmanager
+def job_run(cfg: DictConfig, run_name: str):
+    """One MLflow run per job, nested under the sweep's run during a multirun."""
+    configure(cfg.tracking)
+    parent = os.environ.get(SWEEP_ENV)
+    with mlflow.start_run(run_name=run_name, parent_run_id=parent) as run:
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        mlflow.log_params({k: v[:6000] for k, v in flatten(resolved).items()})
+        mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+        yield run.info.run_id
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    finite = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+    mlflow.log_metrics(finite, step=step)
+
+
+def log_artifacts(paths: list[Path], subdir: str | None = None) -> None:
+    for path in paths:
+        mlflow.log_artifact(str(path), artifact_path=subdir)
+
+
+def run_url(run_id: str) -> str:
+    run = MlflowClient().get_run(run_id)
+    return f"experiment {run.info.experiment_id}, run {run_id}"
+
+
+class SweepCallback(Callback):
+    """Hydra callback: a multirun is one parent MLflow run with a child run per job."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        exp_id = configure(config.tracking)
+        overrides = " ".join(config.hydra.overrides.task)
+        run = MlflowClient().create_run(exp_id, run_name=f"sweep {overrides}".strip(),
+                                        tags={"harness.sweep": "true", "harness.overrides": overrides})
+        os.environ[SWEEP_ENV] = run.info.run_id
+        log.info("sweep run %s", run.info.run_id)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        run_id = os.environ.pop(SWEEP_ENV, None)
+        if run_id:
+            MlflowClient().set_terminated(run_id)

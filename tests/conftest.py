@@ -1,0 +1,75 @@
+"""Shared fixtures: the real Hydra config composed with overrides, and synthetic catalogs.
+
+The synthetic catalog is coloured shapes on a white studio background: category = shape,
+subcategory = colour, so retrieval quality is checkable (a red circle must find red circles).
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from PIL import Image, ImageDraw
+
+from harness import CONFIG_DIR
+
+SHAPES = ["circle", "square", "triangle"]
+COLOURS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 60, 220)}
+
+
+def draw_product(shape: str, colour: tuple, rng: np.random.Generator, size=(72, 96)) -> Image.Image:
+    img = Image.new("RGB", size, (255, 255, 255))
+    d = ImageDraw.Draw(img)
+    w, h = size
+    s = int(rng.integers(w // 3, w // 2))
+    x, y = int(rng.integers(4, w - s - 4)), int(rng.integers(4, h - s - 4))
+    jitter = tuple(int(np.clip(c + rng.integers(-20, 21), 0, 255)) for c in colour)
+    if shape == "circle":
+        d.ellipse([x, y, x + s, y + s], fill=jitter)
+    elif shape == "square":
+        d.rectangle([x, y, x + s, y + s], fill=jitter)
+    else:
+        d.polygon([(x, y + s), (x + s, y + s), (x + s // 2, y)], fill=jitter)
+    return img
+
+
+def make_catalog(root: Path, per_class: int = 6, seed: int = 0, extra_columns: bool = True) -> Path:
+    """root/images/*.jpg + manifest.csv: 3 shapes × 3 colours × per_class images."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for shape in SHAPES:
+        for name, rgb in COLOURS.items():
+            for i in range(per_class):
+                rel = f"images/{shape}_{name}_{i}.jpg"
+                draw_product(shape, rgb, rng).save(root / rel, quality=95)
+                row = {"path": rel, "category": shape, "subcategory": f"{shape}-{name}",
+                       "item_id": f"{shape}-{name}-{i}"}
+                if extra_columns:
+                    row["colour"] = name
+                    row["margin"] = f"{rng.random():.3f}"
+                rows.append(row)
+    with open(root / "manifest.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+@pytest.fixture
+def catalog_dir(tmp_path) -> Path:
+    return make_catalog(tmp_path / "catalog")
+
+
+@pytest.fixture
+def cfg_factory(tmp_path):
+    """compose(*overrides): the project's real config, writing everything under tmp_path."""
+
+    def _compose(*overrides: str):
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            return compose("config", overrides=[f"paths.root={tmp_path}", "extract.progress=false",
+                                                "extract.num_workers=0", *overrides])
+
+    return _compose

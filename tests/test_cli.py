@@ -1,0 +1,129 @@
+"""`python -m harness` end to end on synthetic catalogs, into a temporary MLflow store."""
+from __future__ import annotations
+
+import io
+import sqlite3
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from harness import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def harness(tmp_path, *args, check=True):
+    cmd = [sys.executable, "-m", "harness", *args, f"paths.root={tmp_path}", "extract.progress=false"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    if check:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def client(tmp_path):
+    return MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+
+
+def runs(tmp_path):
+    c = client(tmp_path)
+    exp = c.get_experiment_by_name("fashion-retrieval")
+    return c.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+def test_products_run_logs_scores_params_and_artifacts(tmp_path, catalog_dir):
+    harness(tmp_path, "dataset=products", f"dataset.root={catalog_dir}", "protocol.query_fraction=0.2")
+    [run] = runs(tmp_path)
+    m = run.data.metrics
+    # coloured shapes on white: ImageNet features must find the same shape and colour
+    assert m["category_precision_at_5"] >= 0.8 and m["subcategory_precision_at_5"] >= 0.6
+    assert (m["n_catalog"], m["n_queries"], m["feature_dim"], m["skipped_images"]) == (43, 11, 1280, 0)
+    assert m["images_per_second"] > 0 and m["extract_seconds"] > 0
+    assert {f"subcategory_precision_rank_{i}" for i in range(1, 6)} <= set(m)
+    assert run.data.params["metric._target_"] == "harness.metrics.Cosine"
+    assert run.data.params["backbone.arch"] == "efficientnet_lite0"
+    arts = {a.path for a in client(tmp_path).list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "per_label_category.csv", "per_label_subcategory.csv", "skipped_images.csv"} <= arts
+    with sqlite3.connect(tmp_path / "mlruns" / "features.sqlite") as db:
+        rows = db.execute("SELECT COUNT(*), MIN(rank), MAX(rank) FROM neighbours WHERE run_id = ?",
+                          (run.info.run_id,)).fetchone()
+    assert rows == (55, 1, 5)
+
+
+def test_metric_sweep_is_one_parent_with_children_and_extracts_once(tmp_path, catalog_dir):
+    harness(tmp_path, "-m", "dataset=products", f"dataset.root={catalog_dir}", "protocol.query_fraction=0.2",
+            "backbone=resnet50", "backbone.weights=random", "metric=euclidean,minkowski,cosine")
+    all_runs = runs(tmp_path)
+    parents = [r for r in all_runs if r.data.tags.get("harness.sweep") == "true"]
+    children = [r for r in all_runs if r.data.tags.get("mlflow.parentRunId")]
+    assert len(parents) == 1 and len(children) == 3
+    assert all(c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for c in children)
+    euclid, minkowski, cosine = (c.data.metrics for c in children)
+    assert euclid["images_extracted"] == 54 and minkowski["images_extracted"] == cosine["images_extracted"] == 0
+    for key in ("category_precision_at_5", "subcategory_precision_at_5"):
+        assert minkowski[key] == euclid[key]
+    assert euclid["feature_dim"] == 2048
+
+
+def _write(path, img, fmt, **kw):
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    path.write_bytes(buf.getvalue())
+
+
+def test_bad_inputs_are_converted_or_skipped_and_listed(tmp_path, catalog_dir):
+    odd = catalog_dir / "odd"
+    odd.mkdir()
+    red = Image.new("RGB", (40, 60), (255, 255, 255))
+    red.paste((220, 20, 20), (10, 10, 30, 50))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    _write(odd / "cmyk.jpg", red.convert("CMYK"), "JPEG")
+    _write(odd / "16bit.png", Image.new("I;16", (30, 30), 4000), "PNG")
+    _write(odd / "palette.png", red.convert("P"), "PNG", transparency=0)
+    _write(odd / "gray.png", red.convert("L"), "PNG")
+    _write(odd / "rotated.jpg", red, "JPEG", exif=exif.tobytes())
+    _write(odd / "animated.gif", red, "GIF", save_all=True, append_images=[Image.new("RGB", (40, 60))])
+    _write(odd / "tiny.png", Image.new("RGB", (1, 1), (200, 0, 0)), "PNG")
+    (odd / "empty.jpg").write_bytes(b"")
+    good = (catalog_dir / "images" / "circle_red_0.jpg").read_bytes()
+    (odd / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    (odd / "notes.jpg").write_text("not an image")
+    _write(odd / "bomb.png", Image.new("1", (10_000, 10_000)), "PNG")
+    manifest = pd.read_csv(catalog_dir / "manifest.csv")
+    extra = [{"path": f"odd/{p.name}", "category": "odd", "subcategory": "odd", "item_id": p.stem}
+             for p in sorted(odd.iterdir())]
+    pd.concat([manifest, pd.DataFrame(extra)]).to_csv(catalog_dir / "manifest.csv", index=False)
+
+    proc = harness(tmp_path, "dataset=products", f"dataset.root={catalog_dir}", "protocol.query_fraction=0.2")
+    [run] = runs(tmp_path)
+    assert run.data.metrics["skipped_images"] == 4
+    assert run.data.metrics["n_catalog"] + run.data.metrics["n_queries"] == 54 + 7
+    path = client(tmp_path).download_artifacts(run.info.run_id, "skipped_images.csv", str(tmp_path))
+    skipped = pd.read_csv(path)
+    assert sorted(n.split("/")[-1] for n in skipped["path"]) == ["bomb.png", "empty.jpg", "notes.jpg", "truncated.jpg"]
+    log = proc.stdout + proc.stderr
+    assert "skipped" in log and "empty file" in log and "Traceback" not in log
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["dataset=products", "dataset.root=/no/such/catalog"], "does not exist"),
+    (["dataset=products", "dataset.root={catalog}", "dataset.levels=[category,fabric]"], "Available columns"),
+    (["backbone=alexnet9"], "efficientnet_lite0"),
+    (["metric=hamming"], "correlation"),
+])
+def test_bad_config_exits_nonzero_with_clear_message(tmp_path, catalog_dir, args, expected):
+    proc = harness(tmp_path, *[a.format(catalog=catalog_dir) for a in args], check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and expected in out and "Traceback" not in out
+
+
+def test_help_lists_groups_and_cfg_prints_resolved_config(tmp_path):
+    out = harness(tmp_path, "--help").stdout
+    for group in ("backbone:", "dataset:", "metric:", "preprocess:", "protocol:", "layer:", "evaluator:"):
+        assert group in out
+    cfg = harness(tmp_path, "--cfg", "job", "dataset=products").stdout
+    assert "harness.protocols.Holdout" in cfg and "harness.metrics.Cosine" in cfg

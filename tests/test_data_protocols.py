@@ -1,0 +1,82 @@
+import gzip
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from harness.config import instantiate
+from harness.data import stratified_order
+from harness.errors import HarnessError
+
+
+def test_stratified_order_prefixes_are_proportional_and_seeded():
+    labels = pd.Series(["a"] * 60 + ["b"] * 30 + ["c"] * 10)
+    first = labels.iloc[stratified_order(labels, 0)[:20]].value_counts().to_dict()
+    assert first == {"a": 12, "b": 6, "c": 2}
+    assert (stratified_order(labels, 1) == stratified_order(labels, 1)).all()
+    assert not (stratified_order(labels, 1) == stratified_order(labels, 2)).all()
+
+
+def test_manifest_and_folder_tree_and_limit(cfg_factory, catalog_dir, tmp_path):
+    cat = instantiate(cfg_factory("dataset=products", f"dataset.root={catalog_dir}",
+                                  "dataset.levels=[category,subcategory,colour]").dataset).load()
+    assert len(cat) == 54 and cat.levels == ["category", "subcategory", "colour"]
+    limited = instantiate(cfg_factory("dataset=products", f"dataset.root={catalog_dir}", "dataset.limit=18").dataset).load()
+    assert len(limited) == 18 and limited.items["subcategory"].value_counts().eq(2).all()
+    tree = tmp_path / "tree"
+    for rel in ["Shoes/Sneakers/a.jpg", "Shoes/Boots/b.png", "Bags/Totes/c.jpg"]:
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tree / rel).write_bytes(b"x")
+    items = instantiate(cfg_factory("dataset=products", f"dataset.root={tree}").dataset).load().items
+    assert sorted(zip(items.category, items.subcategory)) == [("Bags", "Totes"), ("Shoes", "Boots"), ("Shoes", "Sneakers")]
+
+
+@pytest.mark.parametrize("override,message", [
+    ("dataset.root=/nonexistent/catalog", "does not exist"),
+    ("dataset.levels=[category,style]", "Unknown label column"),
+])
+def test_dataset_errors_are_clear(cfg_factory, catalog_dir, override, message):
+    cfg = cfg_factory("dataset=products", f"dataset.root={catalog_dir}", override)
+    with pytest.raises(HarnessError, match=message):
+        instantiate(cfg.dataset).load()
+
+
+def test_protocols_never_put_a_query_in_its_own_references(cfg_factory, catalog_dir, tmp_path):
+    base = ["dataset=products", f"dataset.root={catalog_dir}"]
+    cfg = cfg_factory(*base)
+    catalog = instantiate(cfg.dataset).load()
+    _, [fold] = instantiate(cfg.protocol).split(catalog)
+    assert len(fold.query_idx) == 5 and not set(fold.query_idx) & set(fold.ref_idx)
+    _, folds = instantiate(cfg_factory(*base, "protocol=kfold", "protocol.folds=3").protocol).split(catalog)
+    assert sorted(np.concatenate([f.query_idx for f in folds])) == list(range(54))
+    assert all(len(f.query_idx) == 18 and len(f.ref_idx) == 36 for f in folds)
+    queries = catalog.items.iloc[:3].assign(path=lambda d: d["path"].str.replace(str(catalog_dir) + "/", ""))
+    qdir = tmp_path / "queries"
+    qdir.mkdir()
+    queries.to_csv(qdir / "manifest.csv", index=False)
+    for p in catalog.items["path"].iloc[:3]:
+        (qdir / "images").mkdir(exist_ok=True)
+        (qdir / "images" / p.split("/")[-1]).write_bytes(open(p, "rb").read())
+    extended, [fold] = instantiate(cfg_factory(*base, "protocol=queries", f"protocol.root={qdir}").protocol).split(catalog)
+    assert len(extended) == 57 and fold.query_idx.tolist() == [54, 55, 56] and len(fold.ref_idx) == 54
+
+
+def _idx(path, arr):
+    header = bytes([0, 0, 8, arr.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in arr.shape)
+    with gzip.open(path, "wb") as fh:
+        fh.write(header + arr.astype(np.uint8).tobytes())
+
+
+def test_fashion_mnist_reads_debian_idx_files(cfg_factory, tmp_path):
+    raw = tmp_path / "fmnist"
+    raw.mkdir()
+    rng = np.random.default_rng(0)
+    for prefix, n in [("train", 40), ("t10k", 20)]:
+        _idx(raw / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)))
+        _idx(raw / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    cfg = cfg_factory(f"dataset.search_dirs=[{raw}]", "dataset.catalog_size=20", "dataset.query_size=10")
+    catalog, [fold] = instantiate(cfg.protocol).split(instantiate(cfg.dataset).load())
+    items = catalog.items
+    assert len(fold.ref_idx) == 20 and len(fold.query_idx) == 10
+    assert set(items.category) == {"Topwear", "Bottomwear", "Dress", "Footwear", "Bags"}
+    assert items.loc[items.subcategory == "Ankle boot", "category"].eq("Footwear").all()

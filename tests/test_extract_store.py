@@ -1,0 +1,45 @@
+import numpy as np
+
+from harness.config import instantiate
+from harness.extract import extract
+from harness.store import FeatureStore
+
+
+def parts(cfg_factory, *overrides):
+    cfg = cfg_factory("backbone=resnet50", "backbone.weights=random", "layer=logits", *overrides)
+    return (instantiate(cfg.backbone, layer=cfg.layer.name, pooling=cfg.layer.pooling),
+            instantiate(cfg.preprocess))
+
+
+def test_store_resumes_and_reuses(cfg_factory, catalog_dir, tmp_path):
+    backbone, preprocess = parts(cfg_factory)
+    paths = sorted(str(p) for p in (catalog_dir / "images").glob("*.jpg"))[:12]
+    store = FeatureStore(str(tmp_path / "f.sqlite"))
+    first = extract(paths[:5], backbone, preprocess, store, batch_size=4, num_workers=0, progress=False)
+    assert first.extracted == 5 and first.valid.all()
+    # an "interrupted" run stored 5; the next one embeds only the other 7
+    second = extract(paths, backbone, preprocess, store, batch_size=4, num_workers=0, progress=False)
+    assert second.extracted == 7
+    np.testing.assert_array_equal(second.emb[:5], first.emb)
+    third = extract(paths, backbone, preprocess, store, batch_size=4, num_workers=0, progress=False)
+    assert third.extracted == 0
+    np.testing.assert_array_equal(third.emb, second.emb)
+
+
+def test_fingerprint_separates_extractors_and_float16_store(cfg_factory, catalog_dir, tmp_path):
+    paths = sorted(str(p) for p in (catalog_dir / "images").glob("*.jpg"))[:4]
+    store = FeatureStore(str(tmp_path / "f.sqlite"))
+    a = extract(paths, *parts(cfg_factory), store, num_workers=0, progress=False)
+    b = extract(paths, *parts(cfg_factory, "preprocess=pad"), store, num_workers=0, progress=False)
+    assert a.fingerprint != b.fingerprint and b.extracted == 4
+    half = extract(paths, *parts(cfg_factory), FeatureStore(str(tmp_path / "h.sqlite"), "float16"),
+                   num_workers=0, progress=False)
+    np.testing.assert_allclose(half.emb, a.emb, rtol=1e-2, atol=1e-2)
+
+
+def test_duplicate_files_are_embedded_once(cfg_factory, catalog_dir, tmp_path):
+    paths = sorted(str(p) for p in (catalog_dir / "images").glob("*.jpg"))[:3]
+    store = FeatureStore(str(tmp_path / "f.sqlite"))
+    out = extract(paths + paths, *parts(cfg_factory), store, num_workers=0, progress=False)
+    assert out.extracted == 3 and out.valid.all()
+    np.testing.assert_array_equal(out.emb[:3], out.emb[3:])
