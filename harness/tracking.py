@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import mlflow
 from hydra.experimental.callback import Callback
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
+
+from harness.errors import HarnessError
 
 log = logging.getLogger(__name__)
 SWEEP_ENV = "HARNESS_SWEEP_RUN_ID"  # set while a Hydra multirun is going: its jobs become child runs
@@ -76,6 +79,13 @@ def run_url(run_id: str) -> str:
 class SweepCallback(Callback):
     """Hydra callback: a multirun is one parent MLflow run with a child run per job."""
 
+    def __init__(self):
+        self.failures: list[str] = []
+
+    def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:
+        if isinstance(job_return.return_value, HarnessError):
+            self.failures.append(" ".join(config.hydra.overrides.task))
+
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         exp_id = configure(config.tracking)
         overrides = " ".join(config.hydra.overrides.task)
@@ -87,4 +97,7 @@ class SweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         run_id = os.environ.pop(SWEEP_ENV, None)
         if run_id:
-            MlflowClient().set_terminated(run_id)
+            MlflowClient().set_terminated(run_id, status="FAILED" if self.failures else "FINISHED")
+        if self.failures:
+            log.error("%d job(s) failed: %s", len(self.failures), "; ".join(self.failures))
+            sys.exit(2)

@@ -59,3 +59,16 @@ def test_local_weights_file(cfg_factory, tmp_path):
     # A YAML-less torchvision model: the backbone group's arch is just an argument.
     bb = make(cfg_factory, "backbone=resnet50", "backbone.arch=resnet18", f"backbone.weights={tmp_path / 'r18.pth'}")
     assert bb.dim == 512 and bb.fingerprint["weights"].startswith("file:")
+
+
+def test_tapped_logits_equal_the_torchvision_forward(cfg_factory):
+    """The layer tap, BN folding and normalisation must not change what the network computes."""
+    bb = make(cfg_factory, "backbone=resnet50", "backbone.weights=random", "layer=logits", "backbone.precision=fp32")
+    images = torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8)
+    torch.manual_seed(0)
+    from torchvision.models import resnet50
+    reference = resnet50().eval()
+    x = (images.float() / 255 - torch.tensor(bb.mean).view(1, 3, 1, 1)) / torch.tensor(bb.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = reference(x).numpy()
+    np.testing.assert_allclose(bb.embed(images), expected, rtol=1e-3, atol=1e-3)

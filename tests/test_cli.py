@@ -127,3 +127,14 @@ def test_help_lists_groups_and_cfg_prints_resolved_config(tmp_path):
         assert group in out
     cfg = harness(tmp_path, "--cfg", "job", "dataset=products").stdout
     assert "harness.protocols.Holdout" in cfg and "harness.metrics.Cosine" in cfg
+
+
+def test_sweep_reports_every_failed_job_and_exits_nonzero(tmp_path, catalog_dir):
+    proc = harness(tmp_path, "-m", "dataset=products", f"dataset.root={catalog_dir}", "backbone=resnet50",
+                   "backbone.weights=/no/such/weights.pth", "metric=cosine,euclidean", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Traceback" not in out
+    assert out.count("no such weights file") + out.count("not imagenet, random or an existing .pth") == 2
+    assert "2 job(s) failed" in out
+    [parent] = [r for r in runs(tmp_path) if r.data.tags.get("harness.sweep") == "true"]
+    assert parent.info.status == "FAILED"

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.fx.experimental.optimization import fuse
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
 from harness.errors import HarnessError
@@ -94,7 +95,8 @@ class Backbone:
                     f"or a graph node such as {', '.join(nodes[-8:])}."
                 )
             extractor = create_feature_extractor(model, return_nodes={self.node: "features"})
-        self.model = extractor.eval().to(self.device, memory_format=torch.channels_last)
+        # Inference only: fold BatchNorm into the preceding convolutions (10-20 % faster on CPU).
+        self.model = fuse(extractor.eval(), inplace=True).to(self.device, memory_format=torch.channels_last)
         self._mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1)
 
