@@ -1,7 +1,9 @@
 """python -m harness.bench: speed benchmarks, written to experiments/bench/*.json and printed as tables.
 
-    python -m harness.bench extract --backbones efficientnet_lite0 resnet50 vgg16
-    python -m harness.bench search
+    python -m harness.bench extract --backbones efficientnet_lite0 resnet50 vgg16 --agreement
+    python -m harness.bench search     # exact search vs scikit-learn, N = 10k/100k, D = 1280/4096
+    python -m harness.bench ann        # IVF vs exact over 1M x 1280 clustered vectors
+    python -m harness.bench grid       # 3 backbones x 6 metrics vs extracting once per backbone
 
 Every number is measured in the same process, on this machine, in the run that prints it.
 """
@@ -104,6 +106,117 @@ def bench_extract(args) -> list[dict]:
     return rows
 
 
+METRICS = {"euclidean": {}, "cosine": {}, "correlation": {}, "manhattan": {}, "chebyshev": {},
+           "minkowski": {"p": 3}}
+
+
+def clustered(n: int, d: int, seed: int, centres: int = 1000) -> np.ndarray:
+    """Synthetic embeddings: Gaussian clusters, like a catalog of many similar products."""
+    rng = np.random.default_rng(seed)
+    c = rng.normal(size=(centres, d)).astype(np.float32) * 3
+    out = np.empty((n, d), np.float32)
+    for s in range(0, n, 50_000):  # bounded temporaries for 1M rows
+        m = min(50_000, n - s)
+        out[s:s + m] = c[rng.integers(0, centres, m)] + rng.normal(size=(m, d)).astype(np.float32)
+    return out
+
+
+def _timed(fn, *args):
+    import tracemalloc
+
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    out = fn(*args)
+    seconds = time.perf_counter() - t0
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return out, seconds, peak / 2**20
+
+
+def bench_search(args) -> list[dict]:
+    from sklearn.neighbors import NearestNeighbors
+
+    from harness.search import build_index
+
+    rows = []
+    for n in args.n:
+        for d in args.dims:
+            ref, query = clustered(n, d, 0), clustered(args.queries, d, 1)
+            for name in args.metrics:
+                metric = instantiate(load_cfg(f"metric={name}", *[f"metric.{k}={v}" for k, v in METRICS[name].items()]).metric)
+                index, build_s, _ = _timed(build_index, ref, metric)
+                (dist, idx), secs, mem = _timed(index.search, query, args.k)
+                del index
+                nn = NearestNeighbors(n_neighbors=args.k, algorithm="brute", metric=name, **METRICS[name]).fit(ref)
+                # scikit-learn is timed on a prefix of the queries where it is slow: 10, then batches of 100
+                m, t0 = 0, time.perf_counter()
+                sk_idx = []
+                while m < len(query) and (m < 10 or time.perf_counter() - t0 < args.sklearn_seconds):
+                    step = 10 if m == 0 else 100
+                    sk_idx.append(nn.kneighbors(query[m:m + step], return_distance=False))
+                    m += len(sk_idx[-1])
+                sk_qps = m / (time.perf_counter() - t0)
+                sk_idx = np.concatenate(sk_idx)
+                same = float(np.mean(np.all(np.sort(sk_idx, 1) == np.sort(idx[:m], 1), axis=1)))
+                rows.append({"n": n, "dim": d, "metric": repr(metric), "queries": len(query),
+                             "harness_qps": round(len(query) / secs, 1), "sklearn_qps": round(sk_qps, 1),
+                             "harness_build_s": round(build_s, 2),
+                             "speedup": round(len(query) / secs / sk_qps, 2), "same_neighbours": round(same, 4),
+                             "sklearn_queries": m, "harness_peak_mib": round(mem, 1)})
+                print(rows[-1], flush=True)
+    return rows
+
+
+def bench_ann(args) -> list[dict]:
+    from harness.metrics import Euclidean
+    from harness.search import build_index
+
+    ref, query = clustered(args.n, args.dim, 0, centres=args.centres), clustered(args.queries, args.dim, 1, centres=args.centres)
+    metric, rows = Euclidean(), []
+    (_, exact), exact_s, _ = _timed(lambda: build_index(ref, metric).search(query, args.k))
+    for kind in args.kinds:
+        t0 = time.perf_counter()
+        index = build_index(ref, metric, kind, nprobe=args.nprobe)
+        build_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        _, approx = index.search(query, args.k)
+        ann_s = time.perf_counter() - t0
+        recall = float(np.mean([len(set(a) & set(e)) / args.k for a, e in zip(approx, exact)]))
+        rows.append({"index": kind, "n": args.n, "dim": args.dim, "queries": args.queries,
+                     "build_seconds": round(build_s, 1), "exact_qps": round(args.queries / exact_s, 1),
+                     "ann_qps": round(args.queries / ann_s, 1), "speedup": round(exact_s / ann_s, 1),
+                     f"recall_at_{args.k}": round(recall, 4)})
+        print(rows[-1], flush=True)
+        del index
+    return rows
+
+
+def bench_grid(args) -> list[dict]:
+    """The study's 18 runs through `python -m harness -m` vs only extracting once per backbone."""
+    import subprocess
+    import sys
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "harness", "-m", "dataset=products", f"dataset.root={args.catalog}",
+               f"backbone={','.join(args.backbones)}", "backbone.weights=random",
+               "metric=euclidean,manhattan,minkowski,chebyshev,correlation,cosine",
+               f"paths.root={tmp}", "extract.progress=false"]
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True)
+        grid_s = time.perf_counter() - t0
+    paths = catalog_paths(args.catalog, None)
+    t0 = time.perf_counter()
+    for name in args.backbones:
+        cfg = load_cfg(f"backbone={name}", "backbone.weights=random")
+        harness_path(cfg, paths, cfg.extract.batch_size)
+    extract_s = time.perf_counter() - t0
+    row = {"runs": 6 * len(args.backbones), "backbones": " ".join(args.backbones), "images": len(paths),
+           "grid_seconds": round(grid_s, 1), "extract_once_seconds": round(extract_s, 1),
+           "ratio": round(grid_s / extract_s, 3)}
+    print(row, flush=True)
+    return [row]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m harness.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -115,10 +228,28 @@ def main(argv=None):
     ex.add_argument("--plain-images", type=int, default=128)
     ex.add_argument("--batch-sizes", type=int, nargs="+", default=[8])
     ex.add_argument("--agreement", action="store_true", help="also fp32-vs-bf16 top-5 agreement")
+    se = sub.add_parser("search", help="exact search queries/s per metric vs scikit-learn brute force")
+    se.add_argument("--n", type=int, nargs="+", default=[10_000, 100_000])
+    se.add_argument("--dims", type=int, nargs="+", default=[1280, 4096])
+    se.add_argument("--metrics", nargs="+", default=list(METRICS))
+    se.add_argument("--queries", type=int, default=1000)
+    se.add_argument("--sklearn-seconds", type=float, default=20.0)
+    an = sub.add_parser("ann", help="IVF / HNSW vs exact on a large synthetic catalog")
+    an.add_argument("--n", type=int, default=1_000_000)
+    an.add_argument("--dim", type=int, default=1280)
+    an.add_argument("--centres", type=int, default=10_000)
+    an.add_argument("--queries", type=int, default=1000)
+    an.add_argument("--kinds", nargs="+", default=["ivf"])
+    an.add_argument("--nprobe", type=int, default=16)
+    gr = sub.add_parser("grid", help="the study's 18-run grid vs extracting once per backbone")
+    gr.add_argument("--backbones", nargs="+", default=["vgg16", "vgg19", "resnet50"])
+    gr.add_argument("--catalog", type=Path, default=DEFAULT_CATALOG)
     for p in sub.choices.values():
+        p.add_argument("--k", type=int, default=5)
         p.add_argument("--out", type=Path, default=ROOT / "experiments" / "bench")
     args = parser.parse_args(argv)
-    rows = {"extract": bench_extract}[args.section](args)
+    sections = {"extract": bench_extract, "search": bench_search, "ann": bench_ann, "grid": bench_grid}
+    rows = sections[args.section](args)
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"section": args.section, "machine": machine(), "date": time.strftime("%Y-%m-%d"), "rows": rows}
     path = args.out / f"{args.section}.json"

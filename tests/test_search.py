@@ -30,3 +30,23 @@ def test_ties_broken_by_catalog_position_and_k_larger_than_catalog():
     assert idx.tolist() == [[3, 1, 2]] and dist.tolist() == [[0.25, 0.5, 0.5]]
     dist, idx = top_k(d, 10)
     assert idx.tolist() == [[3, 1, 2, 0]]
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+@pytest.mark.parametrize("name", ["euclidean", "cosine"])
+def test_approximate_indexes_recall_on_clustered_data(kind, name, cfg_factory):
+    metric = instantiate(cfg_factory(f"metric={name}").metric)
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(20, 32)) * 4
+    ref = (centres[rng.integers(0, 20, 4000)] + rng.normal(size=(4000, 32))).astype(np.float32)
+    query = (centres[rng.integers(0, 20, 100)] + rng.normal(size=(100, 32))).astype(np.float32)
+    _, exact = build_index(ref, metric).search(query, 5)
+    _, approx = build_index(ref, metric, kind, nprobe=8).search(query, 5)
+    recall = np.mean([len(set(a) & set(e)) / 5 for a, e in zip(approx, exact)])
+    assert recall >= 0.9
+
+
+def test_approximate_index_refuses_metrics_it_cannot_do(cfg_factory):
+    from harness.errors import HarnessError
+    with pytest.raises(HarnessError, match="search.index=exact"):
+        build_index(np.zeros((10, 4), np.float32), instantiate(cfg_factory("metric=manhattan").metric), "ivf")
