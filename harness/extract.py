@@ -26,6 +26,7 @@ class Features:
     seconds: float = 0.0            # wall time of the whole feature stage
     embed_seconds: float = 0.0      # wall time of decoding + embedding the new images
     fingerprint: str = ""
+    hashes: list = field(default_factory=list)  # content hash per image (None if unreadable)
 
 
 class _Decode(Dataset):
@@ -111,4 +112,5 @@ def extract(paths: list[str], backbone: Backbone, preprocess, store: FeatureStor
             failed[i] = "duplicate of a skipped file"
     skipped = [(paths[i], failed[i]) for i in sorted(failed)]
     return Features(emb, valid, skipped, extracted=len(todo) - len([i for i in todo.values() if i in failed]),
-                    seconds=time.perf_counter() - t0, embed_seconds=embed_seconds, fingerprint=fingerprint)
+                    seconds=time.perf_counter() - t0, embed_seconds=embed_seconds, fingerprint=fingerprint,
+                    hashes=hashes)

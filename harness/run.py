@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from harness.config import instantiate
+from harness.data.catalog import Catalog
 from omegaconf import DictConfig
 
 from harness import tracking
 from harness.evaluators.base import EvalContext
 from harness.extract import extract
-from harness.protocols import Fold
 from harness.search import build_index
 from harness.store import FeatureStore
 
@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class SearchResult:
     query_rows: np.ndarray  # catalog rows of the queries
+    ref_rows: np.ndarray    # catalog rows they searched
     indices: np.ndarray     # (Q, k) catalog rows of the neighbours, -1 where a category had fewer than k
     distances: np.ndarray   # (Q, k)
 
@@ -45,12 +46,9 @@ def search(emb: np.ndarray, query_rows: np.ndarray, ref_rows: np.ndarray, metric
         d, i = build_index(emb[refs], metric, index, **index_params).search(emb[query_rows[q_pos]], k)
         distances[q_pos, : d.shape[1]] = d
         indices[q_pos, : i.shape[1]] = refs[i]
-    return SearchResult(query_rows, indices, distances)
+    return SearchResult(query_rows, ref_rows, indices, distances)
 
 
-def _context(items: pd.DataFrame, result: SearchResult, levels, k) -> EvalContext:
-    return EvalContext(items.iloc[result.query_rows].reset_index(drop=True), items,
-                       result.indices, result.distances, list(levels), k)
 
 
 def aggregate(per_fold: list[dict[str, float]]) -> dict[str, float]:
@@ -64,10 +62,28 @@ def aggregate(per_fold: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
+def _contexts(items, results: list[SearchResult], levels, k, rank, store) -> tuple[EvalContext, list[EvalContext]]:
+    """One context over all queries (every fold pooled) and one per fold."""
+    def ctx(rs: list[SearchResult]) -> EvalContext:
+        sizes = np.cumsum([0] + [len(r.query_rows) for r in rs])
+        folds = [(np.arange(a, b), r.ref_rows) for a, b, r in zip(sizes[:-1], sizes[1:], rs)]
+        return EvalContext(items, np.concatenate([r.query_rows for r in rs]),
+                           np.concatenate([r.indices for r in rs]), np.concatenate([r.distances for r in rs]),
+                           list(levels), k, folds, rank, store)
+
+    return ctx(results), [ctx([r]) for r in results] if len(results) > 1 else []
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
     catalog = instantiate(cfg.dataset).load()
+    distractors = catalog.items[catalog.items["distractor"]] if "distractor" in catalog.items else None
+    if distractors is not None:  # the protocol splits the fashion catalog alone; distractors join every fold
+        catalog = Catalog(catalog.items[~catalog.items["distractor"]].reset_index(drop=True), catalog.levels)
     catalog, folds = instantiate(cfg.protocol).split(catalog)
     items, levels, k = catalog.items, catalog.levels, int(cfg.k)
+    if distractors is not None:
+        items = pd.concat([items.assign(distractor=False), distractors], ignore_index=True)
+    distractor_rows = np.arange(len(catalog.items), len(items))
     backbone = instantiate(cfg.backbone, layer=cfg.layer.name, pooling=cfg.layer.pooling)
     preprocess = instantiate(cfg.preprocess)
     metric = instantiate(cfg.metric)
@@ -77,31 +93,37 @@ def run(cfg: DictConfig) -> dict[str, float]:
     store = FeatureStore(cfg.store.path, cfg.store.dtype)
     run_name = f"{backbone.arch}-{cfg.layer.name}-{preprocess.name}-{metric!r}".lower()
     with tracking.job_run(cfg, run_name) as run_id, tempfile.TemporaryDirectory() as tmp:
-        out_dir = Path(tmp)
         feats = extract(items["path"].tolist(), backbone, preprocess, store,
                         batch_size=cfg.extract.batch_size, num_workers=cfg.extract.num_workers,
                         progress=cfg.extract.progress)
+        items = items.assign(content_hash=feats.hashes)
+        ok = feats.valid
+
+        def rank(query_rows, ref_rows, depth):
+            found = search(feats.emb, query_rows, ref_rows, metric, depth, groups, cfg.search.index,
+                           **cfg.search.params)
+            return found.distances, found.indices
+
         t0 = time.perf_counter()
-        results = [search(feats.emb, f.query_idx[feats.valid[f.query_idx]],
-                          f.ref_idx[feats.valid[f.ref_idx]], metric, k, groups, cfg.search.index,
-                          **cfg.search.params)
-                   for f in folds]
+        results = []
+        for f in folds:
+            ref_rows = np.concatenate([f.ref_idx, distractor_rows])
+            results.append(search(feats.emb, f.query_idx[ok[f.query_idx]], ref_rows[ok[ref_rows]], metric, k,
+                                  groups, cfg.search.index, **cfg.search.params))
         search_seconds = time.perf_counter() - t0
 
         def evaluate(ctx: EvalContext) -> dict[str, float]:
             return {key: value for ev in evaluators.values() for key, value in ev.evaluate(ctx).items()}
 
-        pooled = SearchResult(np.concatenate([r.query_rows for r in results]),
-                              np.concatenate([r.indices for r in results]),
-                              np.concatenate([r.distances for r in results]))
-        ctx = _context(items, pooled, levels, k)
-        metrics = evaluate(ctx)
-        if len(folds) > 1:
-            per_fold = [evaluate(_context(items, r, levels, k)) for r in results]
-            for fold, fold_metrics in enumerate(per_fold):
-                tracking.log_metrics(fold_metrics, step=fold)
+        pooled, per_fold_ctx = _contexts(items, results, levels, k, rank, store)
+        metrics = evaluate(pooled)
+        if per_fold_ctx:
+            per_fold = [evaluate(c) for c in per_fold_ctx]
+            for fold, fold_metrics in enumerate(per_fold):  # own keys: MLflow shows a key's highest step
+                tracking.log_metrics({f"fold/{key}": v for key, v in fold_metrics.items()}, step=fold)
             metrics.update(aggregate(per_fold))
-        n_catalog = int(feats.valid[folds[0].ref_idx].sum()) if len(folds) == 1 else int(feats.valid.sum())
+            metrics["folds"] = len(per_fold)
+        n_catalog = len(results[0].ref_rows) if len(results) == 1 else int(ok.sum())
         metrics.update({
             "n_catalog": n_catalog, "n_queries": len(pooled.query_rows), "feature_dim": backbone.dim,
             "extract_seconds": feats.seconds, "images_extracted": feats.extracted,
@@ -111,7 +133,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
             metrics["images_per_second"] = feats.extracted / feats.embed_seconds
         tracking.log_metrics(metrics)
 
-        artifacts = [p for ev in evaluators.values() for p in ev.write_artifacts(ctx, out_dir)]
+        out_dir = Path(tmp)
+        artifacts = [p for ev in evaluators.values() for p in ev.write_artifacts(pooled, out_dir)]
         skipped = out_dir / "skipped_images.csv"
         pd.DataFrame(feats.skipped, columns=["path", "reason"]).to_csv(skipped, index=False)
         tracking.log_artifacts([*artifacts, skipped])

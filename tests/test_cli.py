@@ -138,3 +138,25 @@ def test_sweep_reports_every_failed_job_and_exits_nonzero(tmp_path, catalog_dir)
     assert "2 job(s) failed" in out
     [parent] = [r for r in runs(tmp_path) if r.data.tags.get("harness.sweep") == "true"]
     assert parent.info.status == "FAILED"
+
+
+def test_kfold_ranking_and_distractors(tmp_path, catalog_dir):
+    distractors = tmp_path / "distractors"
+    (distractors / "Electronics" / "Phone").mkdir(parents=True)
+    for i in range(4):
+        Image.new("RGB", (60, 80), (30 * i, 30, 30)).save(distractors / "Electronics" / "Phone" / f"p{i}.jpg")
+    harness(tmp_path, "dataset=products", f"dataset.root={catalog_dir}", f"dataset.distractors={distractors}",
+            "protocol=kfold", "protocol.folds=3")
+    [run] = runs(tmp_path)
+    m = run.data.metrics
+    assert m["n_queries"] == 54 and m["folds"] == 3  # distractors are never queries
+    assert 0 <= m["distractor_rate_at_5"] <= 1
+    for level in ("category", "subcategory"):
+        for name in ("recall_at_5", "map_at_r", "r_precision", "mrr", "average_precision", "precision_at_5"):
+            key = f"{level}_{name}"
+            assert 0 <= m[key] <= 1 and {f"{key}_mean", f"{key}_std", f"{key}_cv"} <= set(m)
+    history = client(tmp_path).get_metric_history(run.info.run_id, "fold/subcategory_precision_at_5")
+    assert sorted(h.step for h in history) == [0, 1, 2]
+    assert m["subcategory_precision_at_5_mean"] == pytest.approx(sum(h.value for h in history) / 3)
+    arts = {a.path for a in client(tmp_path).list_artifacts(run.info.run_id)}
+    assert "precision_recall.png" in arts

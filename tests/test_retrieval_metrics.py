@@ -21,8 +21,28 @@ def test_evaluator_names_and_missing_neighbours():
     ref = pd.DataFrame({"category": ["x", "x", "y"], "subcategory": ["x1", "x2", "y1"]})
     query = pd.DataFrame({"category": ["x"], "subcategory": ["x1"]})
     # -1: the query's category had fewer than k candidates; such a slot never counts as relevant
-    ctx = EvalContext(query, ref, np.array([[0, 1, -1]]), np.zeros((1, 3)), ["category", "subcategory"], 3)
+    items = pd.concat([ref, query], ignore_index=True)
+    ctx = EvalContext(items, np.array([3]), np.array([[0, 1, -1]]), np.zeros((1, 3)), ["category", "subcategory"], 3)
     out = PrecisionAtK().evaluate(ctx)
     assert out["category_precision_at_3"] == 2 / 3
     assert out["subcategory_precision_at_3"] == 1 / 3
     assert [out[f"subcategory_precision_rank_{i}"] for i in (1, 2, 3)] == [1.0, 0.0, 0.0]
+
+
+def test_ranking_metrics_hand_computed():
+    # query 0: R = 2, relevant at ranks 1 and 3; query 1: R = 1, relevant at rank 2
+    rel = np.array([[1, 0, 1, 0], [0, 1, 0, 0]], dtype=bool)
+    n_rel = np.array([2, 1])
+    assert retrieval.recall_at_k(rel, 1) == 0.5 and retrieval.recall_at_k(rel, 2) == 1.0
+    # R-precision: q0 1/2 (only rank 1 within R=2), q1 0/1
+    assert retrieval.r_precision(rel, n_rel) == 0.25
+    # MAP@R: q0 (1/2)(1/1) = 0.5 (rank 3 lies beyond R), q1 0
+    assert retrieval.map_at_r(rel, n_rel) == 0.25
+    assert retrieval.mrr(rel) == (1 + 1 / 2) / 2
+
+
+def test_map_at_r_perfect_and_ties_in_labels():
+    rel = np.array([[1, 1, 1, 0]], dtype=bool)
+    assert retrieval.map_at_r(rel, np.array([3])) == 1.0
+    # same ranking, but R = 4: the 4th relevant item is missing → (1+1+1+0)/4
+    assert retrieval.map_at_r(np.array([[1, 1, 1, 0, 1]], dtype=bool), np.array([4])) == 0.75

@@ -97,4 +97,15 @@ class FolderOrManifest:
     def load(self) -> Catalog:
         if self.root is None:
             raise HarnessError("dataset=products needs dataset.root=DIR (a folder with manifest.csv or category/subcategory/*.jpg).")
-        return finalize(read_table(self.root), self.levels, self.limit, self.seed, str(self.root))
+        catalog = finalize(read_table(self.root), self.levels, self.limit, self.seed, str(self.root))
+        if not self.distractors:
+            return catalog
+        # Non-fashion images join the catalog as distractors; the run never uses them as queries.
+        extra = read_table(self.distractors)
+        for lv in self.levels:
+            extra[lv] = extra[lv].fillna("distractor") if lv in extra else "distractor"
+        if "item_id" not in extra or extra["item_id"].isna().all() or (extra["item_id"] == "").all():
+            extra["item_id"] = [f"distractor-{Path(p).stem}" for p in extra["path"]]
+        items = pd.concat([catalog.items.assign(distractor=False), extra.assign(distractor=True)],
+                          ignore_index=True)
+        return Catalog(items, catalog.levels)

@@ -1,8 +1,10 @@
 """Evaluators turn one search result into flat metrics (and, optionally, artifact files)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -10,19 +12,52 @@ import pandas as pd
 
 @dataclass
 class EvalContext:
-    query: pd.DataFrame     # one row per query: path, item_id, label columns
-    ref: pd.DataFrame       # the searched catalog; `indices` point at its rows
-    indices: np.ndarray     # (Q, k) nearest first
-    distances: np.ndarray   # (Q, k)
+    items: pd.DataFrame        # the whole catalog; `indices` and fold rows point at its rows
+    query_rows: np.ndarray     # (Q,) catalog rows of the queries
+    indices: np.ndarray        # (Q, k) nearest first; -1 where fewer than k candidates existed
+    distances: np.ndarray      # (Q, k)
     levels: list[str]
     k: int
+    # Each fold's queries (positions into query_rows) and the catalog rows they searched.
+    folds: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    # rank(query_rows, ref_rows, depth) → (distances, catalog rows), each (Q, depth): the same search, deeper.
+    rank: Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]] | None = None
+    store: object | None = None  # the feature store, for per-image caches
+
+    @property
+    def query(self) -> pd.DataFrame:
+        return self.items.iloc[self.query_rows].reset_index(drop=True)
+
+    def labels(self, level: str, rows: np.ndarray) -> np.ndarray:
+        values = self.items[level].to_numpy(dtype=object)[rows]
+        return np.where(rows >= 0, values, None)  # -1: no candidate, never relevant
 
     def query_labels(self, level: str) -> np.ndarray:
-        return self.query[level].to_numpy()
+        return self.items[level].to_numpy(dtype=object)[self.query_rows]
 
     def neighbour_labels(self, level: str) -> np.ndarray:
-        labels = self.ref[level].to_numpy(dtype=object)[self.indices]
-        return np.where(self.indices >= 0, labels, None)  # -1: fewer than k candidates
+        return self.labels(level, self.indices)
+
+    @functools.lru_cache(maxsize=4)
+    def ranking(self, depth: int) -> tuple[np.ndarray, np.ndarray]:
+        """(distances, catalog rows), each (Q, depth), nearest first; each query within its own fold."""
+        rows = np.full((len(self.query_rows), depth), -1, dtype=np.int64)
+        dist = np.full((len(self.query_rows), depth), np.inf, dtype=np.float32)
+        for positions, ref_rows in self.folds:
+            d, i = self.rank(self.query_rows[positions], ref_rows, depth)
+            rows[positions, : i.shape[1]], dist[positions, : d.shape[1]] = i, d
+        return dist, rows
+
+    def n_relevant(self, level: str) -> np.ndarray:
+        """For each query, how many items of its fold's catalog share its label."""
+        out = np.zeros(len(self.query_rows), dtype=np.int64)
+        for positions, ref_rows in self.folds:
+            counts = self.items[level].iloc[ref_rows].value_counts()
+            out[positions] = counts.reindex(self.query_labels(level)[positions]).fillna(0).to_numpy()
+        return out
+
+    def __hash__(self):  # for lru_cache: one context is one evaluation
+        return id(self)
 
 
 class Evaluator:

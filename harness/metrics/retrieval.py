@@ -26,3 +26,38 @@ def per_label_precision(query_labels: np.ndarray, relevant: np.ndarray) -> pd.Da
     frame = pd.DataFrame({"label": np.asarray(query_labels), "precision": relevant.mean(axis=1)})
     table = frame.groupby("label").agg(queries=("precision", "size"), precision=("precision", "mean"))
     return table.reset_index().sort_values(["precision", "label"], ascending=[False, True])
+
+
+# Ranking metrics over the full ranking, as pytorch-metric-learning defines them. `relevant` is
+# (Q, depth) with depth >= max(n_relevant); `n_relevant[q]` is how many catalog items share the
+# query's label. Queries with n_relevant == 0 are excluded (and counted by the caller).
+
+def recall_at_k(relevant: np.ndarray, k: int) -> float:
+    """Share of queries with at least one relevant item among the first k."""
+    return float(relevant[:, :k].any(axis=1).mean()) if len(relevant) else float("nan")
+
+
+def _within_r(relevant: np.ndarray, n_relevant: np.ndarray) -> np.ndarray:
+    ranks = np.arange(1, relevant.shape[1] + 1)
+    return relevant & (ranks[None, :] <= n_relevant[:, None])
+
+
+def r_precision(relevant: np.ndarray, n_relevant: np.ndarray) -> float:
+    """Mean over queries of (relevant items among the first R) / R."""
+    hits = _within_r(relevant, n_relevant).sum(axis=1)
+    return float(np.mean(hits / n_relevant)) if len(relevant) else float("nan")
+
+
+def map_at_r(relevant: np.ndarray, n_relevant: np.ndarray) -> float:
+    """Mean over queries of (1/R) Σ_{i ≤ R} precision@i · rel(i)."""
+    rel = _within_r(relevant, n_relevant)
+    precision_at_i = np.cumsum(rel, axis=1) / np.arange(1, rel.shape[1] + 1)[None, :]
+    ap = (precision_at_i * rel).sum(axis=1) / n_relevant
+    return float(np.mean(ap)) if len(relevant) else float("nan")
+
+
+def mrr(relevant: np.ndarray) -> float:
+    """Mean reciprocal rank of the first relevant item (0 where none is ranked)."""
+    has = relevant.any(axis=1)
+    first = np.argmax(relevant, axis=1) + 1
+    return float(np.mean(np.where(has, 1.0 / first, 0.0))) if len(relevant) else float("nan")

@@ -1,0 +1,15 @@
+"""How often non-fashion distractors (dataset.distractors) reach the top k."""
+from __future__ import annotations
+
+import numpy as np
+
+from harness.evaluators.base import EvalContext, Evaluator
+
+
+class DistractorRate(Evaluator):
+    def evaluate(self, ctx: EvalContext) -> dict[str, float]:
+        if "distractor" not in ctx.items:
+            return {}
+        is_distractor = ctx.items["distractor"].to_numpy(bool)
+        found = ctx.indices >= 0
+        return {f"distractor_rate_at_{ctx.k}": float(is_distractor[ctx.indices[found]].mean()) if found.any() else 0.0}
