@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import pandas as pd
 
 from harness.evaluators import EvalContext, PrecisionAtK
@@ -46,3 +47,14 @@ def test_map_at_r_perfect_and_ties_in_labels():
     assert retrieval.map_at_r(rel, np.array([3])) == 1.0
     # same ranking, but R = 4: the 4th relevant item is missing → (1+1+1+0)/4
     assert retrieval.map_at_r(np.array([[1, 1, 1, 0, 1]], dtype=bool), np.array([4])) == 0.75
+
+
+def test_histogram_comparisons_match_opencv():
+    import cv2
+
+    from harness.evaluators.color_texture import chi2, correlation
+    rng = np.random.default_rng(0)
+    a, b = rng.random(64).astype(np.float32), rng.random(64).astype(np.float32)
+    assert correlation(a, b) == pytest.approx(cv2.compareHist(a, b, cv2.HISTCMP_CORREL), rel=1e-5)
+    assert chi2(a, b) == pytest.approx(cv2.compareHist(a, b, cv2.HISTCMP_CHISQR_ALT) / 2, rel=1e-5)
+    assert correlation(a, a) == pytest.approx(1.0) and chi2(a, a) == 0

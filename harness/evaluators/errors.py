@@ -1,0 +1,74 @@
+"""Error analysis artifacts: confusion of query vs neighbour labels, and a gallery of retrievals."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from harness.data.images import BadImage, read_image  # noqa: E402
+from harness.evaluators.base import EvalContext, Evaluator  # noqa: E402
+
+
+class ErrorAnalysis(Evaluator):
+    def __init__(self, level: str | None = None, gallery_queries: int = 8, seed: int = 0):
+        self.level, self.gallery_queries, self.seed = level, gallery_queries, seed
+
+    def evaluate(self, ctx):
+        return {}
+
+    def write_artifacts(self, ctx: EvalContext, out_dir):
+        level = self.level or ctx.levels[-1]
+        found = ctx.indices >= 0
+        pairs = pd.DataFrame({
+            "query": np.repeat(ctx.query_labels(level), ctx.indices.shape[1])[found.ravel()],
+            "neighbour": ctx.neighbour_labels(level)[found]})
+        table = pd.crosstab(pairs["query"], pairs["neighbour"])
+        csv = out_dir / f"confusion_{level}.csv"
+        table.to_csv(csv)
+        return [csv, self._heatmap(table, level, out_dir), self._gallery(ctx, level, out_dir)]
+
+    @staticmethod
+    def _heatmap(table: pd.DataFrame, level: str, out_dir):
+        share = table.div(table.sum(axis=1), axis=0)
+        side = max(5, 0.28 * max(share.shape))
+        fig, ax = plt.subplots(figsize=(side + 1, side))
+        im = ax.imshow(share.to_numpy(), cmap="viridis", vmin=0, vmax=1)
+        ax.set_xticks(range(share.shape[1]), share.columns, rotation=90, fontsize=7)
+        ax.set_yticks(range(share.shape[0]), share.index, fontsize=7)
+        ax.set(xlabel=f"neighbour {level}", ylabel=f"query {level}", title="Share of neighbours per label")
+        fig.colorbar(im, ax=ax, fraction=0.04)
+        fig.tight_layout()
+        path = out_dir / f"confusion_{level}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return path
+
+    def _gallery(self, ctx: EvalContext, level: str, out_dir):
+        rng = np.random.default_rng(self.seed)
+        picks = rng.choice(len(ctx.query_rows), min(self.gallery_queries, len(ctx.query_rows)), replace=False)
+        cols = ctx.indices.shape[1] + 1
+        fig, axes = plt.subplots(len(picks), cols, figsize=(1.6 * cols, 1.9 * len(picks)), squeeze=False)
+        labels, paths = ctx.items[level].to_numpy(), ctx.items["path"].to_numpy()
+        for r, q in enumerate(picks):
+            cells = [(ctx.query_rows[q], "query", None)] + [
+                (row, f"#{i + 1}", ctx.distances[q, i]) for i, row in enumerate(ctx.indices[q])]
+            for c, (row, tag, dist) in enumerate(cells):
+                ax = axes[r, c]
+                ax.axis("off")
+                if row < 0:
+                    continue
+                try:
+                    ax.imshow(read_image(paths[row])[0])
+                except BadImage:
+                    pass
+                ok = labels[row] == labels[ctx.query_rows[q]]
+                text = f"{tag} {labels[row]}" + ("" if dist is None else f"\n{dist:.3f}")
+                ax.set_title(text, fontsize=6, color="black" if dist is None else ("green" if ok else "red"))
+        fig.tight_layout()
+        path = out_dir / "retrieval_gallery.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path
