@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from harness.errors import HarnessError
 
 log = logging.getLogger(__name__)
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 SWEEP_ENV = "HARNESS_SWEEP_RUN_ID"  # set while a Hydra multirun is going: its jobs become child runs
 
 
@@ -101,3 +102,39 @@ class SweepCallback(Callback):
         if self.failures:
             log.error("%d job(s) failed: %s", len(self.failures), "; ".join(self.failures))
             sys.exit(2)
+
+
+# Reading runs back (the sweep report, champion selection).
+
+def latest_sweep(tracking: DictConfig) -> str:
+    exp_id = configure(tracking)
+    runs = MlflowClient().search_runs([exp_id], "tags.`harness.sweep` = 'true'",
+                                      order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        raise HarnessError(f"No sweep in experiment '{tracking.experiment}' at {tracking.uri}; run "
+                           "`python -m harness -m ...` first or pass --sweep RUN_ID.")
+    return runs[0].info.run_id
+
+
+def sweep_children(tracking: DictConfig, sweep_id: str) -> list[dict]:
+    """Finished child runs of a sweep: run id, params, metrics."""
+    exp_id = configure(tracking)
+    runs = MlflowClient().search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{sweep_id}'",
+                                      order_by=["attributes.start_time ASC"])
+    return [{"run_id": r.info.run_id, "params": r.data.params, "metrics": r.data.metrics}
+            for r in runs if r.info.status == "FINISHED"]
+
+
+def read_csv_artifact(run_id: str, name: str, dst: Path):
+    import pandas as pd
+
+    try:
+        return pd.read_csv(MlflowClient().download_artifacts(run_id, name, str(dst)))
+    except Exception:  # older runs may lack the artifact
+        return None
+
+
+def log_artifacts_to(run_id: str, paths: list[Path], subdir: str | None = None) -> None:
+    client = MlflowClient()
+    for path in paths:
+        client.log_artifact(run_id, str(path), artifact_path=subdir)

@@ -67,6 +67,16 @@ def test_metric_sweep_is_one_parent_with_children_and_extracts_once(tmp_path, ca
         assert minkowski[key] == euclid[key]
     assert euclid["feature_dim"] == 2048
 
+    out = tmp_path / "reports"
+    subprocess.run([sys.executable, "-m", "harness.report", "--out", str(out), f"paths.root={tmp_path}"],
+                   cwd=ROOT, check=True, capture_output=True, timeout=300)
+    report = (out / f"{parents[0].info.run_id}.md").read_text()
+    rows = [ln for ln in report.splitlines() if ln.startswith("| resnet50")]
+    assert len(rows) == 3 and sum("best" in r for r in rows) == 1 and all("[" in r or "best" in r for r in rows)
+    assert (out / f"{parents[0].info.run_id}_precision.png").exists()
+    arts = {a.path for a in client(tmp_path).list_artifacts(parents[0].info.run_id, "report")}
+    assert f"report/{parents[0].info.run_id}.md" in arts
+
 
 def _write(path, img, fmt, **kw):
     buf = io.BytesIO()

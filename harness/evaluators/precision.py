@@ -1,6 +1,8 @@
 """The study's score: share of the k neighbours that share the query's label, per level and rank."""
 from __future__ import annotations
 
+import pandas as pd
+
 from harness.evaluators.base import EvalContext, Evaluator
 from harness.metrics import retrieval
 
@@ -16,10 +18,14 @@ class PrecisionAtK(Evaluator):
         return out
 
     def write_artifacts(self, ctx, out_dir):
-        paths = []
+        paths, per_query = [], {"item_id": ctx.items["item_id"].to_numpy()[ctx.query_rows]}
         for level in ctx.levels:
             rel = retrieval.relevance(ctx.query_labels(level), ctx.neighbour_labels(level))
             path = out_dir / f"per_label_{level}.csv"
             retrieval.per_label_precision(ctx.query_labels(level), rel).to_csv(path, index=False)
             paths.append(path)
-        return paths
+            per_query[f"{level}_precision_at_{ctx.k}"] = rel.mean(axis=1)
+        # Per-query scores let the sweep report compare runs pairwise (bootstrap intervals).
+        path = out_dir / "per_query.csv"
+        pd.DataFrame(per_query).to_csv(path, index=False)
+        return [*paths, path]

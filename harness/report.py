@@ -1,0 +1,150 @@
+"""python -m harness.report [--sweep RUN_ID]: one table, bar charts and bootstrap intervals per sweep.
+
+Writes experiments/reports/<sweep>.md (+ PNGs) and logs them to the sweep's parent run. Each row is
+a child run; each cell the cross-validated mean ± std where the run has folds, else the value.
+The last column is a paired bootstrap 95 % interval of the run's per-query precision minus the best
+run's, over the queries both answered: an interval that excludes 0 is a real difference.
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+from harness import tracking  # noqa: E402
+from harness.config import CONFIG_DIR, ROOT  # noqa: E402
+from harness.errors import HarnessError  # noqa: E402
+
+LOWER_IS_BETTER = ("texture_chi2",)
+
+
+def describe(params: dict) -> dict:
+    metric = params.get("metric._target_", "").rsplit(".", 1)[-1].lower()
+    if "metric.p" in params:
+        metric += f"(p={params['metric.p']})"
+    return {"backbone": params.get("backbone.arch"), "layer": params.get("layer.name"),
+            "preprocess": params.get("preprocess._target_", "").rsplit(".", 1)[-1].lower(), "metric": metric}
+
+
+def columns_for(metrics: dict, k: int) -> list[str]:
+    levels = sorted({m[: -len(f"_precision_at_{k}")] for m in metrics if m.endswith(f"_precision_at_{k}")})
+    wanted = [f"{lv}_{s}" for lv in levels for s in (f"precision_at_{k}", "map_at_r")]
+    return wanted + [c for c in ("color_correlation_mean", "texture_chi2_mean") if c in metrics]
+
+
+def value(metrics: dict, name: str) -> tuple[float, float | None]:
+    if f"{name}_mean" in metrics:
+        return metrics[f"{name}_mean"], metrics.get(f"{name}_std")
+    return metrics.get(name, np.nan), None
+
+
+def paired_bootstrap(diff: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), (n, len(diff)))].mean(axis=1)
+    return float(diff.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def build(children: list[dict], selection: str, k: int, tmp: Path) -> tuple[pd.DataFrame, list[str], dict]:
+    cols = columns_for(children[0]["metrics"], k)
+    rows = []
+    for child in children:
+        row = {"run_id": child["run_id"], **describe(child["params"])}
+        for c in cols:
+            row[c], row[f"{c}_std"] = value(child["metrics"], c)
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    best = table.loc[table[selection].idxmax(), "run_id"]
+    per_query = {c["run_id"]: tracking.read_csv_artifact(c["run_id"], "per_query.csv", tmp / c["run_id"]) for c in children}
+    intervals = {}
+    ref = per_query.get(best)
+    for run_id, pq in per_query.items():
+        if ref is None or pq is None or selection not in pq:
+            continue
+        both = ref[["item_id", selection]].merge(pq[["item_id", selection]], on="item_id", suffixes=("_best", ""))
+        intervals[run_id] = paired_bootstrap((both[selection] - both[f"{selection}_best"]).to_numpy())
+    return table, cols, {"best": best, "intervals": intervals}
+
+
+def markdown(table: pd.DataFrame, cols: list[str], extra: dict, selection: str, sweep: str) -> str:
+    fmt = []
+    for _, r in table.iterrows():
+        cells = [r.backbone, r.layer, r.preprocess, r.metric]
+        for c in cols:
+            best = table[c].min() if c.startswith(LOWER_IS_BETTER) else table[c].max()
+            txt = f"{r[c]:.4f}" + (f" ± {r[f'{c}_std']:.4f}" if pd.notna(r[f"{c}_std"]) else "")
+            cells.append(f"**{txt}**" if np.isclose(r[c], best) else txt)
+        iv = extra["intervals"].get(r.run_id)
+        cells.append("best" if r.run_id == extra["best"] else
+                     (f"{iv[0]:+.4f} [{iv[1]:+.4f}, {iv[2]:+.4f}]" if iv else "n/a"))
+        fmt.append("| " + " | ".join(str(c) for c in cells) + " |")
+    head = ["backbone", "layer", "preprocess", "metric", *cols, f"Δ {selection} vs best [95% CI]"]
+    return "\n".join([
+        f"# Sweep {sweep}", "",
+        f"{len(table)} runs. Cells: mean ± std over folds where the run has folds. **Bold**: best per column "
+        "(lowest for texture χ², highest otherwise). Last column: paired bootstrap (2,000 resamples) 95 % "
+        "interval of per-query precision minus the best run's; an interval excluding 0 is a real gap.", "",
+        "| " + " | ".join(head) + " |", "|" + "---|" * len(head), *fmt, "",
+        "![precision](precision.png)", "", *(["![colour and texture](color_texture.png)"] if "color_correlation_mean" in cols else []),
+    ])
+
+
+def charts(table: pd.DataFrame, cols: list[str], out: Path, sweep: str) -> list[Path]:
+    labels = [f"{r.backbone}\n{r.metric}" for r in table.itertuples()]
+    paths = []
+    for name, group in (("precision", [c for c in cols if "precision" in c or "map_at_r" in c]),
+                        ("color_texture", [c for c in cols if c.startswith(("color", "texture"))])):
+        if not group:
+            continue
+        fig, axes = plt.subplots(1, len(group), figsize=(max(6, 0.55 * len(table)) * len(group) / 1.6, 3.6), squeeze=False)
+        for ax, c in zip(axes[0], group):
+            ax.bar(range(len(table)), table[c], yerr=table[f"{c}_std"].fillna(0), color="tab:blue", capsize=2)
+            ax.set_xticks(range(len(table)), labels, rotation=90, fontsize=7)
+            ax.set_title(c, fontsize=9)
+        fig.tight_layout()
+        path = out / f"{sweep}_{name}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def main(argv=None) -> Path:
+    parser = argparse.ArgumentParser(prog="python -m harness.report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sweep", help="parent run id (default: the latest sweep)")
+    parser.add_argument("--out", type=Path, default=ROOT / "experiments" / "reports")
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. tracking.experiment=NAME")
+    args = parser.parse_args(argv)
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=args.overrides)
+    sweep = args.sweep or tracking.latest_sweep(cfg.tracking)
+    children = tracking.sweep_children(cfg.tracking, sweep)
+    if not children:
+        raise HarnessError(f"Sweep {sweep} has no finished child runs.")
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        table, cols, extra = build(children, cfg.selection.metric, int(cfg.k), Path(tmp))
+    pngs = charts(table, cols, args.out, sweep)
+    text = markdown(table, cols, extra, cfg.selection.metric, sweep)
+    for png in pngs:
+        text = text.replace(f"({png.name.split('_', 1)[1]})", f"({png.name})")
+    report = args.out / f"{sweep}.md"
+    report.write_text(text)
+    tracking.log_artifacts_to(sweep, [report, *pngs], "report")
+    print(f"report: {report}")
+    return report
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except HarnessError as exc:
+        raise SystemExit(f"error: {exc}")
