@@ -17,6 +17,7 @@ from harness import tracking
 from harness.evaluators.base import EvalContext
 from harness.extract import extract
 from harness.search import build_index
+from harness.serving.searcher import Searcher, Settings
 from harness.store import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,15 @@ def run(cfg: DictConfig) -> dict[str, float]:
         skipped = out_dir / "skipped_images.csv"
         pd.DataFrame(feats.skipped, columns=["path", "reason"]).to_csv(skipped, index=False)
         tracking.log_artifacts([*artifacts, skipped])
+        if cfg.serving.log_model:
+            # The served catalog: every readable product (queries included), never distractors.
+            rows = np.flatnonzero(ok & ~items.get("distractor", pd.Series(False, index=items.index)).to_numpy(bool))
+            catalog_cols = [c for c in items.columns if c not in ("content_hash", "split", "distractor")]
+            settings = Settings.from_cfg(cfg, {"run_id": run_id, "run_name": run_name,
+                                               cfg.selection.metric: metrics.get(cfg.selection.metric)})
+            Searcher.write(out_dir / "searcher", settings, items.iloc[rows][catalog_cols], feats.emb[rows])
+            tracking.log_search_model(out_dir / "searcher", register_as=cfg.serving.model_name
+                                      if cfg.serving.register else None)
         ids = items["item_id"].to_numpy()
         store.put_neighbours(run_id, ids[pooled.query_rows],
                              np.where(pooled.indices >= 0, ids[pooled.indices], ""), pooled.distances)

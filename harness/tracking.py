@@ -99,6 +99,12 @@ class SweepCallback(Callback):
         run_id = os.environ.pop(SWEEP_ENV, None)
         if run_id:
             MlflowClient().set_terminated(run_id, status="FAILED" if self.failures else "FINISHED")
+            if config.serving.log_model and config.serving.register:
+                children = [c for c in sweep_children(config.tracking, run_id) if "harness.model_uri" in
+                            MlflowClient().get_run(c["run_id"]).data.tags]
+                if children:
+                    best = select_champion(children, config.selection.metric)
+                    register_champion(best["run_id"], config.serving.model_name)
         if self.failures:
             log.error("%d job(s) failed: %s", len(self.failures), "; ".join(self.failures))
             sys.exit(2)
@@ -138,3 +144,77 @@ def log_artifacts_to(run_id: str, paths: list[Path], subdir: str | None = None) 
     client = MlflowClient()
     for path in paths:
         client.log_artifact(run_id, str(path), artifact_path=subdir)
+
+
+# Serving: the searcher as an MLflow model, and the registry.
+
+MODEL_CODE = Path(__file__).resolve().parent / "serving" / "mlflow_model.py"
+
+
+def log_search_model(searcher_dir: Path, register_as: str | None = None) -> str:
+    """Log the searcher files as a pyfunc model (models-from-code); returns its model URI.
+
+    Outside a sweep, `register_as` registers it as that model's champion at once; in a sweep the
+    SweepCallback registers the best child when the sweep ends.
+    """
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+
+    signature = ModelSignature(
+        inputs=Schema([ColSpec("string", "image")]),
+        params=ParamSchema([ParamSpec("k", "long", 5), ParamSpec("within_category", "boolean", False),
+                            ParamSpec("rerank_column", "string", ""), ParamSpec("rerank_weight", "double", 0.0)]))
+    info = mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_CODE),
+                                   artifacts={"searcher": str(searcher_dir)}, signature=signature)
+    mlflow.set_tag("harness.model_uri", info.model_uri)
+    if register_as and not os.environ.get(SWEEP_ENV):
+        register_champion(mlflow.active_run().info.run_id, register_as)
+    return info.model_uri
+
+
+def register_champion(run_id: str, model_name: str, alias: str = "champion") -> int:
+    client = MlflowClient()
+    uri = client.get_run(run_id).data.tags.get("harness.model_uri")
+    if not uri:
+        raise HarnessError(f"Run {run_id} logged no model (serving.log_model was false).")
+    version = mlflow.register_model(uri, model_name)
+    client.set_registered_model_alias(model_name, alias, version.version)
+    client.set_model_version_tag(model_name, version.version, "run_id", run_id)
+    log.info("registered %s version %s as @%s (run %s)", model_name, version.version, alias, run_id)
+    return int(version.version)
+
+
+def select_champion(children: list[dict], metric: str) -> dict:
+    """Best child by `metric` (its cross-validated mean when present); ties → the faster extractor."""
+    speed = {}
+    for c in children:
+        arch = c["params"].get("backbone.arch")
+        speed[arch] = max(speed.get(arch, 0.0), c["metrics"].get("images_per_second", 0.0))
+    scored = [c for c in children if f"{metric}_mean" in c["metrics"] or metric in c["metrics"]]
+    if not scored:
+        raise HarnessError(f"No run of the sweep logged {metric}.")
+
+    def key(c):
+        m = c["metrics"]
+        return (m.get(f"{metric}_mean", m.get(metric)), speed.get(c["params"].get("backbone.arch"), 0.0))
+    return max(scored, key=key)
+
+
+def load_model(model_uri: str):
+    """The pyfunc model and, unwrapped, its Searcher (the demo calls the searcher directly)."""
+    model = mlflow.pyfunc.load_model(model_uri)
+    return model, model.unwrap_python_model().searcher
+
+
+def model_info(model_uri: str) -> dict:
+    """Which run answers: run id, name and params of the model behind a models:/ URI."""
+    client = MlflowClient()
+    info = {"model_uri": model_uri}
+    if model_uri.startswith("models:/") and "@" in model_uri:
+        name, alias = model_uri.removeprefix("models:/").split("@", 1)
+        version = client.get_model_version_by_alias(name, alias)
+        info.update(version=version.version, run_id=version.tags.get("run_id") or version.run_id)
+    if info.get("run_id"):
+        run = client.get_run(info["run_id"])
+        info.update(run_name=run.info.run_name, metrics=run.data.metrics)
+    return info

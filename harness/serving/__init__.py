@@ -1,0 +1,3 @@
+from harness.serving.searcher import Searcher
+
+__all__ = ["Searcher"]

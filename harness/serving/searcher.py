@@ -1,0 +1,154 @@
+"""Photo in, top-k catalog products out: the code the MLflow model, the demo and the API share.
+
+A Searcher holds the extractor settings, the catalog index (features, item ids, labels, image
+paths) and the metric. Built from a run's resolved config and features; saved as plain files
+(`settings.json` + `catalog.npz` + `catalog.csv`), never pickled objects.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from harness.config import instantiate
+from harness.data.images import BadImage, decode_image
+from harness.search import build_index
+
+MAX_UPLOAD_BYTES = 10 << 20
+
+
+@dataclass
+class Settings:
+    backbone: dict    # the run's resolved backbone config (with _target_)
+    layer: dict
+    preprocess: dict
+    metric: dict
+    k: int
+    levels: list
+    run: dict         # run id, name and score, shown by the demo
+
+    @classmethod
+    def from_cfg(cls, cfg, run: dict) -> "Settings":
+        from omegaconf import OmegaConf
+
+        def plain(node):
+            return OmegaConf.to_container(node, resolve=True)
+        return cls(plain(cfg.backbone), plain(cfg.layer), plain(cfg.preprocess), plain(cfg.metric), int(cfg.k),
+                   list(cfg.dataset.levels), run)
+
+
+def decode_upload(value) -> Image.Image:
+    """A base64 string, raw bytes, a file path, a numpy array or a PIL image → RGB image."""
+    if isinstance(value, Image.Image):
+        return value.convert("RGB")
+    if isinstance(value, np.ndarray):
+        if value.dtype != np.uint8 or value.ndim not in (2, 3):
+            raise BadImage("array images must be uint8 HxW or HxWxC")
+        return Image.fromarray(value).convert("RGB")
+    if isinstance(value, str):
+        if len(value) < 4096 and Path(value).is_file():
+            data = Path(value).read_bytes()
+        else:
+            try:
+                data = base64.b64decode(value.split(",", 1)[-1], validate=True)
+            except (binascii.Error, ValueError):
+                raise BadImage("not base64-encoded image data") from None
+    elif isinstance(value, (bytes, bytearray)):
+        data = bytes(value)
+    else:
+        raise BadImage(f"unsupported input type {type(value).__name__}")
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise BadImage(f"file larger than {MAX_UPLOAD_BYTES >> 20} MB")
+    return decode_image(data)
+
+
+class Searcher:
+    def __init__(self, settings: Settings, catalog: pd.DataFrame, features: np.ndarray):
+        self.settings, self.catalog = settings, catalog.reset_index(drop=True)
+        self.features = features.astype(np.float32)
+        self.backbone = instantiate(settings.backbone, layer=settings.layer["name"],
+                                    pooling=settings.layer["pooling"])
+        self.preprocess = instantiate(settings.preprocess)
+        self.metric = instantiate(settings.metric)
+        self.index = build_index(self.features, self.metric)
+        self.category_level = settings.levels[0]
+        self._by_category = {}
+
+    # -- persistence: plain files only --------------------------------------------------------
+    @staticmethod
+    def write(directory: Path, settings: Settings, catalog: pd.DataFrame, features: np.ndarray) -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "settings.json").write_text(json.dumps(vars(settings), indent=2))
+        np.save(directory / "features.npy", features.astype(np.float32))
+        catalog.to_csv(directory / "catalog.csv", index=False)
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "Searcher":
+        directory = Path(directory)
+        settings = Settings(**json.loads((directory / "settings.json").read_text()))
+        catalog = pd.read_csv(directory / "catalog.csv", dtype=str, keep_default_na=False)
+        return cls(settings, catalog, np.load(directory / "features.npy"))
+
+    # -- search ------------------------------------------------------------------------------
+    def embed(self, images: list[Image.Image]) -> np.ndarray:
+        arrays = [np.asarray(self.preprocess(img), dtype=np.uint8) for img in images]
+        return self.backbone.embed(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2))
+
+    def predict_category(self, query_emb: np.ndarray, votes: int = 10) -> str:
+        """An upload has no label: majority vote of its nearest catalog neighbours."""
+        _, idx = self.index.search(query_emb[None], votes)
+        return self.catalog[self.category_level].iloc[idx[0]].value_counts().index[0]
+
+    def _category_index(self, category: str):
+        if category not in self._by_category:
+            rows = np.flatnonzero(self.catalog[self.category_level].to_numpy() == category)
+            self._by_category[category] = (rows, build_index(self.features[rows], self.metric))
+        return self._by_category[category]
+
+    def search(self, images: list, k: int | None = None, within_category: bool = False,
+               rerank_column: str | None = None, rerank_weight: float = 0.0, candidates: int = 50) -> list[pd.DataFrame]:
+        """One table per image: rank, item_id, labels, distance, similarity, [business score], image."""
+        k = int(k or self.settings.k)
+        query_emb = self.embed([decode_upload(v) for v in images])
+        out = []
+        for emb in query_emb:
+            rows, index, predicted = np.arange(len(self.catalog)), self.index, None
+            if within_category:
+                predicted = self.predict_category(emb)
+                rows, index = self._category_index(predicted)
+            depth = max(k, candidates) if rerank_column else k
+            dist, idx = index.search(emb[None], depth)
+            table = self.catalog.iloc[rows[idx[0]]].copy()
+            table["distance"] = dist[0]
+            table["similarity"] = 1.0 / (1.0 + table["distance"])  # monotone, comparable across metrics
+            if rerank_column:
+                table = rerank(table, rerank_column, rerank_weight)
+            table = table.head(k)
+            table.insert(0, "rank", np.arange(1, len(table) + 1))
+            if predicted is not None:
+                table["predicted_category"] = predicted
+            out.append(table.reset_index(drop=True))
+        return out
+
+
+def rerank(table: pd.DataFrame, column: str, weight: float) -> pd.DataFrame:
+    """Business re-ranking: score = (1 − w)·similarity + w·business, both min-max scaled over the candidates."""
+    if column not in table:
+        raise KeyError(f"rerank.column={column!r} is not a catalog column")
+    business = pd.to_numeric(table[column], errors="coerce").fillna(0.0)
+
+    def scale(s):
+        span = s.max() - s.min()
+        return (s - s.min()) / span if span > 0 else s * 0
+
+    table = table.assign(business_score=business)
+    table["score"] = (1 - weight) * scale(table["similarity"]) + weight * scale(business)
+    return table.sort_values(["score", "distance"], ascending=[False, True], kind="stable")

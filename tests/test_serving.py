@@ -1,0 +1,69 @@
+"""log → register → load by alias → predict, on a synthetic catalog; and the searcher's edge cases."""
+from __future__ import annotations
+
+import base64
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.exceptions import MlflowException
+
+from harness import ROOT, tracking
+
+pytestmark = pytest.mark.slow
+URI = "models:/fashion-visual-search@champion"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """One real run on a synthetic catalog; its model registered as the champion."""
+    from tests.conftest import make_catalog
+
+    root = tmp_path_factory.mktemp("served")
+    catalog = make_catalog(root / "catalog")
+    subprocess.run([sys.executable, "-m", "harness", "dataset=products", f"dataset.root={catalog}",
+                    f"paths.root={root}", "extract.progress=false", "extract.num_workers=0"],
+                   cwd=ROOT, check=True, capture_output=True, timeout=600)
+    from hydra import compose, initialize_config_dir
+
+    from harness import CONFIG_DIR
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[f"paths.root={root}"])
+    tracking.configure(cfg.tracking)
+    model, searcher = tracking.load_model(URI)
+    return {"root": root, "catalog": catalog, "model": model, "searcher": searcher}
+
+
+def b64(path) -> str:
+    return base64.b64encode(open(path, "rb").read()).decode()
+
+
+def test_catalog_image_finds_itself_first_through_the_registered_model(served):
+    item = pd.read_csv(served["catalog"] / "manifest.csv").iloc[7]
+    out = served["model"].predict(pd.DataFrame({"image": [b64(served["catalog"] / item["path"])]}))
+    assert list(out["rank"]) == [1, 2, 3, 4, 5]
+    assert out["item_id"].iloc[0] == item["item_id"] and out["distance"].iloc[0] < 1e-3
+    assert {"category", "subcategory", "similarity", "path", "query"} <= set(out.columns)
+    info = tracking.model_info(URI)
+    assert info["run_id"] and "subcategory_precision_at_5" in info["metrics"]
+
+
+def test_params_k_category_filter_and_rerank(served):
+    catalog = pd.read_csv(served["catalog"] / "manifest.csv")
+    image = b64(served["catalog"] / catalog["path"].iloc[0])  # a circle
+    out = served["model"].predict(pd.DataFrame({"image": [image, image]}),
+                                  params={"k": 3, "within_category": True})
+    assert len(out) == 6 and (out["category"] == "circle").all() and (out["predicted_category"] == "circle").all()
+    plain = served["searcher"].search([image], k=5, rerank_column="margin", rerank_weight=0.0)[0]
+    biased = served["searcher"].search([image], k=5, rerank_column="margin", rerank_weight=1.0)[0]
+    assert plain["item_id"].iloc[0] == catalog["item_id"].iloc[0]
+    margins = biased["business_score"].to_numpy()
+    assert (np.diff(margins) <= 0).all()  # weight 1: ordered by the business column alone
+
+
+@pytest.mark.parametrize("bad", ["not base64 at all!", base64.b64encode(b"plain text").decode(), ""])
+def test_bad_inputs_are_clear_errors(served, bad):
+    with pytest.raises(MlflowException, match="bad input"):
+        served["model"].predict(pd.DataFrame({"image": [bad]}))
