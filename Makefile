@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: install run test ui bench data
+.PHONY: install run test ui bench data browser
 
 install: $(STAMP)
 
@@ -22,10 +22,17 @@ data:
 		|| echo "dataset-fashion-mnist not installed; torchvision will download Fashion-MNIST"; \
 	fi
 
+# Headless Chromium for the page test (Debian packages; skipped where apt or root is missing).
+browser:
+	@if ! command -v chromedriver >/dev/null && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -qq && apt-get install -y -qq chromium chromium-driver) \
+		|| echo "chromium not installed; the browser test will be skipped"; \
+	fi
+
 run: install data
 	$(PY) -m harness
 
-test: install
+test: install browser
 	$(PY) -m pytest -q
 
 ui: install

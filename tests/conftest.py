@@ -6,6 +6,8 @@ subcategory = colour, so retrieval quality is checkable (a red circle must find 
 from __future__ import annotations
 
 import csv
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from PIL import Image, ImageDraw
 
-from harness import CONFIG_DIR
+from harness import CONFIG_DIR, ROOT, tracking
+
+URI = "models:/fashion-visual-search@champion"
 
 SHAPES = ["circle", "square", "triangle"]
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 60, 220)}
@@ -73,3 +77,21 @@ def cfg_factory(tmp_path):
                                                 "extract.num_workers=0", *overrides])
 
     return _compose
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory):
+    """One real run on a synthetic catalog; its model registered as the champion."""
+    root = tmp_path_factory.mktemp("served")
+    catalog = make_catalog(root / "catalog")
+    subprocess.run([sys.executable, "-m", "harness", "dataset=products", f"dataset.root={catalog}",
+                    f"paths.root={root}", "extract.progress=false", "extract.num_workers=0"],
+                   cwd=ROOT, check=True, capture_output=True, timeout=600)
+    from hydra import compose, initialize_config_dir
+
+    from harness import CONFIG_DIR
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[f"paths.root={root}"])
+    tracking.configure(cfg.tracking)
+    model, searcher = tracking.load_model(URI)
+    return {"root": root, "catalog": catalog, "model": model, "searcher": searcher}

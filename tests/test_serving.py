@@ -2,38 +2,15 @@
 from __future__ import annotations
 
 import base64
-import subprocess
-import sys
-
 import numpy as np
 import pandas as pd
 import pytest
 from mlflow.exceptions import MlflowException
 
-from harness import ROOT, tracking
+from harness import tracking
 
 pytestmark = pytest.mark.slow
-URI = "models:/fashion-visual-search@champion"
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """One real run on a synthetic catalog; its model registered as the champion."""
-    from tests.conftest import make_catalog
-
-    root = tmp_path_factory.mktemp("served")
-    catalog = make_catalog(root / "catalog")
-    subprocess.run([sys.executable, "-m", "harness", "dataset=products", f"dataset.root={catalog}",
-                    f"paths.root={root}", "extract.progress=false", "extract.num_workers=0"],
-                   cwd=ROOT, check=True, capture_output=True, timeout=600)
-    from hydra import compose, initialize_config_dir
-
-    from harness import CONFIG_DIR
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[f"paths.root={root}"])
-    tracking.configure(cfg.tracking)
-    model, searcher = tracking.load_model(URI)
-    return {"root": root, "catalog": catalog, "model": model, "searcher": searcher}
+from tests.conftest import URI
 
 
 def b64(path) -> str:
