@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: install run test ui bench data browser
+.PHONY: install run test ui bench data browser demo serve
 
 install: $(STAMP)
 
@@ -37,6 +37,14 @@ test: install browser
 
 ui: install
 	$(PY) -m mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db
+
+demo: install
+	$(PY) demo.py
+
+# REST API of the champion on 127.0.0.1:5001 (the venv's bin on PATH: mlflow starts uvicorn from it).
+serve: install
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/mlruns/mlflow.db \
+		$(VENV)/bin/mlflow models serve -m models:/fashion-visual-search@champion --env-manager local -h 127.0.0.1 -p 5001
 
 bench: install
 	$(PY) -m harness.bench

@@ -44,3 +44,52 @@ def test_params_k_category_filter_and_rerank(served):
 def test_bad_inputs_are_clear_errors(served, bad):
     with pytest.raises(MlflowException, match="bad input"):
         served["model"].predict(pd.DataFrame({"image": [bad]}))
+
+
+def test_rest_api_via_mlflow_models_serve(served):
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{served['root']}/mlruns/mlflow.db",
+           "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}  # uvicorn
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", URI, "--env-manager", "local",
+                               "-h", "127.0.0.1", "-p", str(port), "--workers", "1"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+
+    def post(records):
+        req = urllib.request.Request(f"{base}/invocations", json.dumps({"dataframe_records": records}).encode(),
+                                     {"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{base}/ping", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None, server.stderr.read().decode()[-2000:]
+                time.sleep(1)
+        item = pd.read_csv(served["catalog"] / "manifest.csv").iloc[11]
+        status, body = post([{"image": b64(served["catalog"] / item["path"])}])
+        assert status == 200
+        rows = body["predictions"]
+        assert len(rows) == 5 and rows[0]["item_id"] == item["item_id"] and rows[0]["rank"] == 1
+        status, body = post([{"image": base64.b64encode(b"not an image").decode()}])
+        assert 400 <= status < 500 and "bad input" in body["message"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

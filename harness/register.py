@@ -1,0 +1,39 @@
+"""python -m harness.register [--sweep RUN_ID] [--metric NAME] [overrides]: re-select the champion.
+
+Picks the best finished child of a sweep (default: the latest) by the metric (default
+selection.metric; its cross-validated mean when present; ties → the faster extractor), registers
+its model under serving.model_name and points the `champion` alias at it.
+"""
+from __future__ import annotations
+
+import argparse
+
+from hydra import compose, initialize_config_dir
+
+from harness import tracking
+from harness.config import CONFIG_DIR
+from harness.errors import HarnessError
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness.register", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sweep", help="parent run id (default: the latest sweep)")
+    parser.add_argument("--metric", help="selection metric (default: selection.metric)")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args(argv)
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=args.overrides)
+    sweep = args.sweep or tracking.latest_sweep(cfg.tracking)
+    children = [c for c in tracking.sweep_children(cfg.tracking, sweep) if c["params"]]
+    best = tracking.select_champion(children, args.metric or cfg.selection.metric)
+    version = tracking.register_champion(best["run_id"], cfg.serving.model_name)
+    print(f"models:/{cfg.serving.model_name}@champion → version {version}, run {best['run_id']}")
+    return version
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except HarnessError as exc:
+        raise SystemExit(f"error: {exc}")
