@@ -17,6 +17,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from harness import tracking  # noqa: E402
+from harness.config import compose_config  # noqa: E402
 from harness.data.images import BadImage  # noqa: E402
 from harness.serving.searcher import MAX_UPLOAD_BYTES, Searcher  # noqa: E402
 
@@ -110,11 +111,7 @@ def main(argv=None):
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--tracking-uri", default=None, help="default: the project's mlruns/mlflow.db")
     args = parser.parse_args(argv)
-    from hydra import compose, initialize_config_dir
-
-    from harness import CONFIG_DIR
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[f"tracking.uri={args.tracking_uri}"] if args.tracking_uri else [])
+    cfg = compose_config(*([f"tracking.uri={args.tracking_uri}"] if args.tracking_uri else []))
     tracking.configure(cfg.tracking)
     _, searcher = tracking.load_model(args.model_uri)
     demo = build_demo(searcher, tracking.model_info(args.model_uri))

@@ -4,6 +4,7 @@
     python -m harness.bench search     # exact search vs scikit-learn, N = 10k/100k, D = 1280/4096
     python -m harness.bench ann        # IVF vs exact over 1M x 1280 clustered vectors
     python -m harness.bench grid       # 3 backbones x 6 metrics vs extracting once per backbone
+    python -m harness.bench serve      # p50 latency of one photo query over the products catalog
 
 Every number is measured in the same process, on this machine, in the run that prints it.
 """
@@ -19,9 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from hydra import compose, initialize_config_dir
 
-from harness.config import CONFIG_DIR, ROOT, instantiate
+from harness.config import ROOT, compose_config, instantiate
 from harness.data.images import decode_image
 from harness.extract import extract
 from harness.store import FeatureStore
@@ -36,9 +36,7 @@ def machine() -> dict:
             "python": platform.python_version()}
 
 
-def load_cfg(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+load_cfg = compose_config
 
 
 def catalog_paths(root: Path, limit: int | None) -> list[str]:
@@ -217,6 +215,38 @@ def bench_grid(args) -> list[dict]:
     return [row]
 
 
+def products_searcher(catalog: Path, *overrides: str):
+    """A Searcher over the whole products catalog, features from (or into) the project's store."""
+    from harness.serving.searcher import Searcher, Settings
+
+    cfg = load_cfg("dataset=products", f"dataset.root={catalog}", *overrides)
+    items = instantiate(cfg.dataset).load().items
+    backbone = instantiate(cfg.backbone, layer=cfg.layer.name, pooling=cfg.layer.pooling)
+    store = FeatureStore(cfg.store.path, cfg.store.dtype)
+    feats = extract(items["path"].tolist(), backbone, instantiate(cfg.preprocess), store, progress=False)
+    store.close()
+    settings = Settings.from_cfg(cfg, {"run_id": "bench"})
+    return Searcher(settings, items[feats.valid], feats.emb[feats.valid]), items
+
+
+def bench_serve(args) -> list[dict]:
+    """Single-photo query latency through the Searcher: decode + extract + search."""
+    searcher, items = products_searcher(args.catalog)
+    payloads = [open(p, "rb").read() for p in items["path"].sample(args.queries + 5, random_state=0)]
+    for data in payloads[:5]:  # warm-up: first calls build oneDNN kernels
+        searcher.search([data])
+    times = []
+    for data in payloads[5:]:
+        t0 = time.perf_counter()
+        searcher.search([data])
+        times.append((time.perf_counter() - t0) * 1000)
+    row = {"backbone": searcher.settings.backbone["arch"], "catalog": len(searcher.catalog),
+           "queries": len(times), "p50_ms": round(float(np.percentile(times, 50)), 1),
+           "p90_ms": round(float(np.percentile(times, 90)), 1), "p99_ms": round(float(np.percentile(times, 99)), 1)}
+    print(row, flush=True)
+    return [row]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m harness.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -244,11 +274,15 @@ def main(argv=None):
     gr = sub.add_parser("grid", help="the study's 18-run grid vs extracting once per backbone")
     gr.add_argument("--backbones", nargs="+", default=["vgg16", "vgg19", "resnet50"])
     gr.add_argument("--catalog", type=Path, default=DEFAULT_CATALOG)
+    sv = sub.add_parser("serve", help="single-photo query latency (decode + extract + search)")
+    sv.add_argument("--catalog", type=Path, default=DEFAULT_CATALOG)
+    sv.add_argument("--queries", type=int, default=200)
     for p in sub.choices.values():
         p.add_argument("--k", type=int, default=5)
         p.add_argument("--out", type=Path, default=ROOT / "experiments" / "bench")
     args = parser.parse_args(argv)
-    sections = {"extract": bench_extract, "search": bench_search, "ann": bench_ann, "grid": bench_grid}
+    sections = {"extract": bench_extract, "search": bench_search, "ann": bench_ann, "grid": bench_grid,
+                "serve": bench_serve}
     rows = sections[args.section](args)
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"section": args.section, "machine": machine(), "date": time.strftime("%Y-%m-%d"), "rows": rows}

@@ -17,6 +17,14 @@ if not OmegaConf.has_resolver("repo_root"):
     OmegaConf.register_new_resolver("repo_root", lambda: str(ROOT))
 
 
+def compose_config(*overrides: str):
+    """The project's config with overrides, outside `python -m harness` (report, register, demo, bench)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
 def instantiate(spec, **kwargs):
     """hydra.utils.instantiate, but a HarnessError raised by the target comes out as itself."""
     try:

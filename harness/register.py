@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from hydra import compose, initialize_config_dir
-
 from harness import tracking
-from harness.config import CONFIG_DIR
+from harness.config import compose_config
 from harness.errors import HarnessError
 
 
@@ -22,8 +20,7 @@ def main(argv=None) -> int:
     parser.add_argument("--metric", help="selection metric (default: selection.metric)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=args.overrides)
+    cfg = compose_config(*args.overrides)
     sweep = args.sweep or tracking.latest_sweep(cfg.tracking)
     children = [c for c in tracking.sweep_children(cfg.tracking, sweep) if c["params"]]
     best = tracking.select_champion(children, args.metric or cfg.selection.metric)

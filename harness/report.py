@@ -17,10 +17,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
 
 from harness import tracking  # noqa: E402
-from harness.config import CONFIG_DIR, ROOT  # noqa: E402
+from harness.config import ROOT, compose_config  # noqa: E402
 from harness.errors import HarnessError  # noqa: E402
 
 LOWER_IS_BETTER = ("texture_chi2",)
@@ -123,8 +122,7 @@ def main(argv=None) -> Path:
     parser.add_argument("--out", type=Path, default=ROOT / "experiments" / "reports")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. tracking.experiment=NAME")
     args = parser.parse_args(argv)
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=args.overrides)
+    cfg = compose_config(*args.overrides)
     sweep = args.sweep or tracking.latest_sweep(cfg.tracking)
     children = tracking.sweep_children(cfg.tracking, sweep)
     if not children:

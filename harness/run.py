@@ -75,16 +75,35 @@ def _contexts(items, results: list[SearchResult], levels, k, rank, store) -> tup
     return ctx(results), [ctx([r]) for r in results] if len(results) > 1 else []
 
 
-def run(cfg: DictConfig) -> dict[str, float]:
+def load_catalog(cfg: DictConfig):
+    """(items, levels, folds, distractor rows): the protocol splits the fashion catalog alone and
+    distractors, appended after it, join every fold's references."""
     catalog = instantiate(cfg.dataset).load()
     distractors = catalog.items[catalog.items["distractor"]] if "distractor" in catalog.items else None
-    if distractors is not None:  # the protocol splits the fashion catalog alone; distractors join every fold
+    if distractors is not None:
         catalog = Catalog(catalog.items[~catalog.items["distractor"]].reset_index(drop=True), catalog.levels)
     catalog, folds = instantiate(cfg.protocol).split(catalog)
-    items, levels, k = catalog.items, catalog.levels, int(cfg.k)
+    items = catalog.items
     if distractors is not None:
         items = pd.concat([items.assign(distractor=False), distractors], ignore_index=True)
-    distractor_rows = np.arange(len(catalog.items), len(items))
+    return items, catalog.levels, folds, np.arange(len(catalog.items), len(items))
+
+
+def log_searcher(cfg, run_id, run_name, metrics, items, feats, out_dir: Path) -> None:
+    """Log the served catalog (every readable product, queries included, never distractors) as a model."""
+    is_distractor = items["distractor"].to_numpy(bool) if "distractor" in items else np.zeros(len(items), bool)
+    rows = np.flatnonzero(feats.valid & ~is_distractor)
+    columns = [c for c in items.columns if c not in ("content_hash", "split", "distractor")]
+    settings = Settings.from_cfg(cfg, {"run_id": run_id, "run_name": run_name,
+                                       cfg.selection.metric: metrics.get(cfg.selection.metric)})
+    Searcher.write(out_dir / "searcher", settings, items.iloc[rows][columns], feats.emb[rows])
+    tracking.log_search_model(out_dir / "searcher",
+                              register_as=cfg.serving.model_name if cfg.serving.register else None)
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    items, levels, folds, distractor_rows = load_catalog(cfg)
+    k = int(cfg.k)
     backbone = instantiate(cfg.backbone, layer=cfg.layer.name, pooling=cfg.layer.pooling)
     preprocess = instantiate(cfg.preprocess)
     metric = instantiate(cfg.metric)
@@ -140,14 +159,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         pd.DataFrame(feats.skipped, columns=["path", "reason"]).to_csv(skipped, index=False)
         tracking.log_artifacts([*artifacts, skipped])
         if cfg.serving.log_model:
-            # The served catalog: every readable product (queries included), never distractors.
-            rows = np.flatnonzero(ok & ~items.get("distractor", pd.Series(False, index=items.index)).to_numpy(bool))
-            catalog_cols = [c for c in items.columns if c not in ("content_hash", "split", "distractor")]
-            settings = Settings.from_cfg(cfg, {"run_id": run_id, "run_name": run_name,
-                                               cfg.selection.metric: metrics.get(cfg.selection.metric)})
-            Searcher.write(out_dir / "searcher", settings, items.iloc[rows][catalog_cols], feats.emb[rows])
-            tracking.log_search_model(out_dir / "searcher", register_as=cfg.serving.model_name
-                                      if cfg.serving.register else None)
+            log_searcher(cfg, run_id, run_name, metrics, items, feats, out_dir)
         ids = items["item_id"].to_numpy()
         store.put_neighbours(run_id, ids[pooled.query_rows],
                              np.where(pooled.indices >= 0, ids[pooled.indices], ""), pooled.distances)

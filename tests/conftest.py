@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 from PIL import Image, ImageDraw
 
-from harness import CONFIG_DIR, ROOT, tracking
+from harness import ROOT, tracking
+from harness.config import compose_config
 
 URI = "models:/fashion-visual-search@champion"
 
@@ -72,9 +72,8 @@ def cfg_factory(tmp_path):
     """compose(*overrides): the project's real config, writing everything under tmp_path."""
 
     def _compose(*overrides: str):
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            return compose("config", overrides=[f"paths.root={tmp_path}", "extract.progress=false",
-                                                "extract.num_workers=0", *overrides])
+        return compose_config(f"paths.root={tmp_path}", "extract.progress=false", "extract.num_workers=0",
+                              *overrides)
 
     return _compose
 
@@ -87,11 +86,6 @@ def served(tmp_path_factory):
     subprocess.run([sys.executable, "-m", "harness", "dataset=products", f"dataset.root={catalog}",
                     f"paths.root={root}", "extract.progress=false", "extract.num_workers=0"],
                    cwd=ROOT, check=True, capture_output=True, timeout=600)
-    from hydra import compose, initialize_config_dir
-
-    from harness import CONFIG_DIR
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[f"paths.root={root}"])
-    tracking.configure(cfg.tracking)
+    tracking.configure(compose_config(f"paths.root={root}").tracking)
     model, searcher = tracking.load_model(URI)
     return {"root": root, "catalog": catalog, "model": model, "searcher": searcher}
