@@ -109,9 +109,13 @@ METRICS = {"euclidean": {}, "cosine": {}, "correlation": {}, "manhattan": {}, "c
 
 
 def clustered(n: int, d: int, seed: int, centres: int = 1000) -> np.ndarray:
-    """Synthetic embeddings: Gaussian clusters, like a catalog of many similar products."""
+    """Synthetic embeddings: Gaussian clusters, like a catalog of many similar products.
+
+    The cluster centres depend on (centres, d) only, so queries (another seed) come from the
+    catalog's own clusters, as a shopper's photo comes from the shop's kind of products.
+    """
+    c = np.random.default_rng([centres, d]).normal(size=(centres, d)).astype(np.float32) * 3
     rng = np.random.default_rng(seed)
-    c = rng.normal(size=(centres, d)).astype(np.float32) * 3
     out = np.empty((n, d), np.float32)
     for s in range(0, n, 50_000):  # bounded temporaries for 1M rows
         m = min(50_000, n - s)

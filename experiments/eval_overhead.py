@@ -1,0 +1,46 @@
+"""Cost of colour + texture evaluation: a 10-fold run with evaluator=all vs evaluator=precision.
+
+    .venv/bin/python experiments/eval_overhead.py [--catalog DIR] [--repeats 2]
+
+Features come from the feature store (a warm-up run fills it, and the histogram cache); each timed
+run is a whole `python -m harness` process, so start-up and MLflow logging count on both sides.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+
+from harness import ROOT
+from harness.bench import DEFAULT_CATALOG, machine
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--catalog", default=str(DEFAULT_CATALOG))
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        base = [sys.executable, "-m", "harness", "dataset=products", f"dataset.root={args.catalog}",
+                "protocol=kfold", "protocol.folds=10", f"tracking.uri=sqlite:///{tmp}/mlflow.db",
+                f"tracking.artifact_root={tmp}/artifacts", "extract.progress=false", "serving.log_model=false"]
+
+        def timed(evaluator):
+            t0 = time.perf_counter()
+            subprocess.run([*base, f"evaluator={evaluator}"], cwd=ROOT, check=True, capture_output=True)
+            return time.perf_counter() - t0
+
+        timed("all")  # warm-up: features and histograms into the store
+        rows = {ev: min(timed(ev) for _ in range(args.repeats)) for ev in ("precision", "default", "all")}
+    result = {"machine": machine(), "seconds": {k: round(v, 1) for k, v in rows.items()},
+              "all_over_precision": round(rows["all"] / rows["precision"], 3),
+              "all_over_default": round(rows["all"] / rows["default"], 3)}
+    print(result)
+    (ROOT / "experiments" / "bench" / "eval_overhead.json").write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
