@@ -119,10 +119,15 @@ def run(cfg: DictConfig) -> dict[str, float]:
         items = items.assign(content_hash=feats.hashes)
         ok = feats.valid
 
+        ranked = {}  # the pooled context and each fold's own context ask for the same fold rankings
+
         def rank(query_rows, ref_rows, depth):
-            found = search(feats.emb, query_rows, ref_rows, metric, depth, groups, cfg.search.index,
-                           **cfg.search.params)
-            return found.distances, found.indices
+            key = (query_rows.tobytes(), id(ref_rows), depth)
+            if key not in ranked:
+                found = search(feats.emb, query_rows, ref_rows, metric, depth, groups, cfg.search.index,
+                               **cfg.search.params)
+                ranked[key] = (found.distances, found.indices)
+            return ranked[key]
 
         t0 = time.perf_counter()
         results = []

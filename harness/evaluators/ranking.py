@@ -30,21 +30,20 @@ class Ranking(Evaluator):
     def evaluate(self, ctx):
         out = {}
         for level in ctx.levels:
-            rel, n_rel = self._relevance(ctx, level)
+            rel_all, n_rel = self._relevance(ctx, level)
+            y, score = self._pairs(ctx, rel_all)
+            out[f"{level}_average_precision"] = float(average_precision_score(y, score)) if y.any() else float("nan")
             has = n_rel > 0  # a query whose label has no catalog item cannot be ranked: excluded, counted
             out[f"{level}_queries_without_relevant"] = int((~has).sum())
-            rel, n_rel = rel[has], n_rel[has]
+            rel, n_rel = rel_all[has], n_rel[has]
             out[f"{level}_recall_at_{ctx.k}"] = retrieval.recall_at_k(rel, ctx.k)
             out[f"{level}_map_at_r"] = retrieval.map_at_r(rel, n_rel)
             out[f"{level}_r_precision"] = retrieval.r_precision(rel, n_rel)
             out[f"{level}_mrr"] = retrieval.mrr(rel)
-            y, score = self._pairs(ctx, level)
-            out[f"{level}_average_precision"] = float(average_precision_score(y, score)) if y.any() else float("nan")
         return out
 
-    def _pairs(self, ctx, level):
-        """Every ranked (query, catalog item) pair: same label?, and its score (−distance)."""
-        rel, _ = self._relevance(ctx, level)
+    def _pairs(self, ctx, rel):
+        """Every ranked (query, catalog item) pair: same label? (from `rel`), and its score (−distance)."""
         dist, ranking = ctx.ranking(self._depth(ctx))
         mask = ranking >= 0
         return rel[mask], -dist[mask]
@@ -52,7 +51,7 @@ class Ranking(Evaluator):
     def write_artifacts(self, ctx, out_dir):
         fig, ax = plt.subplots(figsize=(5, 4))
         for level in ctx.levels:
-            y, score = self._pairs(ctx, level)
+            y, score = self._pairs(ctx, self._relevance(ctx, level)[0])
             if y.any():
                 precision, recall, _ = precision_recall_curve(y, score)
                 ax.plot(recall, precision, label=f"{level} (AP {average_precision_score(y, score):.3f})")
