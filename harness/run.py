@@ -119,22 +119,26 @@ def run(cfg: DictConfig) -> dict[str, float]:
         items = items.assign(content_hash=feats.hashes)
         ok = feats.valid
 
-        ranked = {}  # the pooled context and each fold's own context ask for the same fold rankings
+        ranked = {}  # (queries, references) → their ranking; contexts and evaluators share it
 
         def rank(query_rows, ref_rows, depth):
-            key = (query_rows.tobytes(), id(ref_rows), depth)
-            if key not in ranked:
-                found = search(feats.emb, query_rows, ref_rows, metric, depth, groups, cfg.search.index,
-                               **cfg.search.params)
+            key = (query_rows.tobytes(), ref_rows.tobytes())
+            if key not in ranked or ranked[key][0].shape[1] < min(depth, len(ref_rows)):
+                found = search(feats.emb, query_rows, ref_rows, metric, max(k, min(depth, len(ref_rows))), groups,
+                               cfg.search.index, **cfg.search.params)
                 ranked[key] = (found.distances, found.indices)
-            return ranked[key]
+            dist, rows = ranked[key]
+            return dist[:, :depth], rows[:, :depth]
 
+        # One search per fold, as deep as any evaluator reads (the full ranking for the ranking metrics).
+        depth = max([k, *(ev.depth for ev in evaluators.values())])
         t0 = time.perf_counter()
         results = []
         for f in folds:
-            ref_rows = np.concatenate([f.ref_idx, distractor_rows])
-            results.append(search(feats.emb, f.query_idx[ok[f.query_idx]], ref_rows[ok[ref_rows]], metric, k,
-                                  groups, cfg.search.index, **cfg.search.params))
+            query_rows, ref_rows = f.query_idx[ok[f.query_idx]], np.concatenate([f.ref_idx, distractor_rows])
+            ref_rows = ref_rows[ok[ref_rows]]
+            dist, rows = rank(query_rows, ref_rows, depth)
+            results.append(SearchResult(query_rows, ref_rows, rows[:, :k], dist[:, :k]))
         search_seconds = time.perf_counter() - t0
 
         def evaluate(ctx: EvalContext) -> dict[str, float]:
@@ -142,6 +146,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
         pooled, per_fold_ctx = _contexts(items, results, levels, k, rank, store)
         metrics = evaluate(pooled)
+        out_dir = Path(tmp)  # artifacts right after the pooled metrics, while evaluators still cache its arrays
+        artifacts = [p for ev in evaluators.values() for p in ev.write_artifacts(pooled, out_dir)]
         if per_fold_ctx:
             per_fold = [evaluate(c) for c in per_fold_ctx]
             for fold, fold_metrics in enumerate(per_fold):  # own keys: MLflow shows a key's highest step
@@ -158,8 +164,6 @@ def run(cfg: DictConfig) -> dict[str, float]:
             metrics["images_per_second"] = feats.extracted / feats.embed_seconds
         tracking.log_metrics(metrics)
 
-        out_dir = Path(tmp)
-        artifacts = [p for ev in evaluators.values() for p in ev.write_artifacts(pooled, out_dir)]
         skipped = out_dir / "skipped_images.csv"
         pd.DataFrame(feats.skipped, columns=["path", "reason"]).to_csv(skipped, index=False)
         tracking.log_artifacts([*artifacts, skipped])

@@ -58,3 +58,31 @@ def test_histogram_comparisons_match_opencv():
     assert correlation(a, b) == pytest.approx(cv2.compareHist(a, b, cv2.HISTCMP_CORREL), rel=1e-5)
     assert chi2(a, b) == pytest.approx(cv2.compareHist(a, b, cv2.HISTCMP_CHISQR_ALT) / 2, rel=1e-5)
     assert correlation(a, a) == pytest.approx(1.0) and chi2(a, a) == 0
+
+
+def test_pr_curve_and_average_precision_hand_computed():
+    # pairs nearest first; the 2nd and 3rd are tied, so they form one threshold
+    rel = np.array([1, 0, 1, 0, 1], dtype=bool)
+    dist = np.array([0.1, 0.2, 0.2, 0.3, 0.4])
+    precision, recall = retrieval.pr_curve(rel, dist)
+    assert precision.tolist() == [1.0, 2 / 3, 2 / 4, 3 / 5]
+    assert recall.tolist() == [1 / 3, 2 / 3, 2 / 3, 1.0]
+    assert retrieval.average_precision(precision, recall) == pytest.approx(1 / 3 + (1 / 3) * (2 / 3) + (1 / 3) * (3 / 5))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pr_curve_and_average_precision_match_scikit_learn(seed):
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    rng = np.random.default_rng(seed)
+    dist = rng.integers(0, 40, 500).astype(np.float32) / 8  # many exact ties
+    rel = rng.random(500) < 0.3
+    order = np.argsort(dist, kind="stable")
+    precision, recall = retrieval.pr_curve(rel[order], dist[order])
+    assert retrieval.average_precision(precision, recall) == pytest.approx(average_precision_score(rel, -dist), abs=1e-12)
+    sk_precision, sk_recall, _ = precision_recall_curve(rel, -dist)
+    # scikit-learn: recall decreasing, a final (precision 1, recall 0) point, thresholds past full recall dropped
+    sk_precision, sk_recall = sk_precision[-2::-1], sk_recall[-2::-1]
+    np.testing.assert_allclose(precision[: len(sk_precision)], sk_precision)
+    np.testing.assert_allclose(recall[: len(sk_recall)], sk_recall)
+    assert np.all(recall[len(sk_recall):] == 1.0)

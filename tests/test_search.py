@@ -30,6 +30,13 @@ def test_ties_broken_by_catalog_position_and_k_larger_than_catalog():
     assert idx.tolist() == [[3, 1, 2]] and dist.tolist() == [[0.25, 0.5, 0.5]]
     dist, idx = top_k(d, 10)
     assert idx.tolist() == [[3, 1, 2, 0]]
+    dist, idx = top_k(np.array([[0.5, 0.1, 0.5]], dtype=np.float32), 2)  # a tie across the k-th place
+    assert idx.tolist() == [[1, 0]]
+    # a shallow k takes the partial-selection path: same tie rule
+    wide = np.full((1, 40), 2.0, dtype=np.float32)
+    wide[0, [30, 7, 19]] = [0.5, 0.5, 0.25]
+    dist, idx = top_k(wide, 3)
+    assert idx.tolist() == [[19, 7, 30]] and dist.tolist() == [[0.25, 0.5, 0.5]]
 
 
 @pytest.mark.parametrize("kind", ["ivf", "hnsw"])

@@ -38,6 +38,18 @@ class EvalContext:
     def neighbour_labels(self, level: str) -> np.ndarray:
         return self.labels(level, self.indices)
 
+    @functools.lru_cache(maxsize=8)
+    def _codes(self, level: str) -> np.ndarray:
+        return pd.factorize(self.items[level])[0]  # -1 for a missing label
+
+    def relevant(self, level: str, rows: np.ndarray, positions: np.ndarray | None = None) -> np.ndarray:
+        """(Q, n) bool: does catalog row rows[q, i] share query q's label? `positions` selects queries
+        (rows then has one line per position). Integer codes, not objects: rankings are millions of pairs."""
+        codes = self._codes(level)
+        query_rows = self.query_rows if positions is None else self.query_rows[positions]
+        query = codes[query_rows][:, None]
+        return (codes[rows] == query) & (rows >= 0) & (query >= 0)
+
     @functools.lru_cache(maxsize=4)
     def ranking(self, depth: int) -> tuple[np.ndarray, np.ndarray]:
         """(distances, catalog rows), each (Q, depth), nearest first; each query within its own fold."""
@@ -61,6 +73,8 @@ class EvalContext:
 
 
 class Evaluator:
+    depth = 0  # how deep a ranking evaluate() reads beyond the top k; run() searches that deep once
+
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
         raise NotImplementedError
 

@@ -7,6 +7,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from PIL import Image, ImageDraw, ImageFont, ImageOps  # noqa: E402
 
 from harness.data.images import BadImage, read_image  # noqa: E402
 from harness.evaluators.base import EvalContext, Evaluator  # noqa: E402
@@ -47,28 +48,32 @@ class ErrorAnalysis(Evaluator):
         return path
 
     def _gallery(self, ctx: EvalContext, level: str, out_dir):
+        """One row per seeded query: the query, then its neighbours titled with rank, label and distance
+        (green: same label). Drawn with PIL: a grid of subplots costs seconds per run."""
         rng = np.random.default_rng(self.seed)
         picks = rng.choice(len(ctx.query_rows), min(self.gallery_queries, len(ctx.query_rows)), replace=False)
-        cols = ctx.indices.shape[1] + 1
-        fig, axes = plt.subplots(len(picks), cols, figsize=(1.6 * cols, 1.9 * len(picks)), squeeze=False)
+        cols, side, caption = ctx.indices.shape[1] + 1, 128, 26
+        sheet = Image.new("RGB", (cols * (side + 4), len(picks) * (side + caption + 4)), "white")
+        draw, font = ImageDraw.Draw(sheet), ImageFont.load_default(size=10)
         labels, paths = ctx.items[level].to_numpy(), ctx.items["path"].to_numpy()
         for r, q in enumerate(picks):
             cells = [(ctx.query_rows[q], "query", None)] + [
                 (row, f"#{i + 1}", ctx.distances[q, i]) for i, row in enumerate(ctx.indices[q])]
             for c, (row, tag, dist) in enumerate(cells):
-                ax = axes[r, c]
-                ax.axis("off")
                 if row < 0:
                     continue
-                try:
-                    ax.imshow(read_image(paths[row])[0])
-                except BadImage:
-                    pass
+                x, y = c * (side + 4) + 2, r * (side + caption + 4) + 2
                 ok = labels[row] == labels[ctx.query_rows[q]]
-                text = f"{tag} {labels[row]}" + ("" if dist is None else f"\n{dist:.3f}")
-                ax.set_title(text, fontsize=6, color="black" if dist is None else ("green" if ok else "red"))
-        fig.tight_layout()
+                colour = "black" if dist is None else ("green" if ok else "red")
+                title = f"{tag} {labels[row]}"
+                title = title if len(title) <= 22 else title[:21] + "…"
+                text = title + ("" if dist is None else f"\n{dist:.3f}")
+                draw.multiline_text((x, y), text, fill=colour, font=font, spacing=1)
+                try:
+                    thumb = ImageOps.pad(read_image(paths[row])[0], (side, side), color="white")
+                except BadImage:
+                    continue
+                sheet.paste(thumb, (x, y + caption))
         path = out_dir / "retrieval_gallery.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        sheet.save(path)
         return path

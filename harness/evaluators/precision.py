@@ -11,7 +11,7 @@ class PrecisionAtK(Evaluator):
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
         out = {}
         for level in ctx.levels:
-            rel = retrieval.relevance(ctx.query_labels(level), ctx.neighbour_labels(level))
+            rel = ctx.relevant(level, ctx.indices)
             out[f"{level}_precision_at_{ctx.k}"] = retrieval.precision_at_k(rel)
             for rank, p in enumerate(retrieval.precision_per_rank(rel), start=1):
                 out[f"{level}_precision_rank_{rank}"] = float(p)
@@ -20,7 +20,7 @@ class PrecisionAtK(Evaluator):
     def write_artifacts(self, ctx, out_dir):
         paths, per_query = [], {"item_id": ctx.items["item_id"].to_numpy()[ctx.query_rows]}
         for level in ctx.levels:
-            rel = retrieval.relevance(ctx.query_labels(level), ctx.neighbour_labels(level))
+            rel = ctx.relevant(level, ctx.indices)
             path = out_dir / f"per_label_{level}.csv"
             retrieval.per_label_precision(ctx.query_labels(level), rel).to_csv(path, index=False)
             paths.append(path)

@@ -12,6 +12,25 @@ def relevance(query_labels: np.ndarray, neighbour_labels: np.ndarray) -> np.ndar
     return np.asarray(neighbour_labels) == np.asarray(query_labels)[:, None]
 
 
+def pr_curve(relevant_sorted: np.ndarray, distance_sorted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(precision, recall) at each distinct distance of pairs sorted nearest first, recall increasing.
+
+    The same points as scikit-learn's `precision_recall_curve(relevant, -distance)` (tested equal), from
+    pairs the caller sorted once: scikit-learn sorts on every call, and a run asks for every level of
+    ~11 contexts of millions of pairs.
+    """
+    if len(distance_sorted) == 0:
+        return np.zeros(0), np.zeros(0)
+    last = np.append(np.flatnonzero(np.diff(distance_sorted)), len(distance_sorted) - 1)  # tied pairs: one point
+    hits = np.cumsum(relevant_sorted, dtype=np.int32 if len(relevant_sorted) < 2**31 else np.int64)[last]
+    return hits / (last + 1), hits / hits[-1] if len(hits) and hits[-1] else np.full(len(hits), np.nan)
+
+
+def average_precision(precision: np.ndarray, recall: np.ndarray) -> float:
+    """Σ (R_n − R_{n−1}) P_n, scikit-learn's `average_precision_score` (no interpolation)."""
+    return float(np.sum(np.diff(recall, prepend=0.0) * precision)) if len(recall) else float("nan")
+
+
 def precision_at_k(relevant: np.ndarray) -> float:
     """Mean share of the k neighbours that share the query's label (the study's 'accuracy')."""
     return float(relevant.mean()) if relevant.size else float("nan")
@@ -38,6 +57,7 @@ def recall_at_k(relevant: np.ndarray, k: int) -> float:
 
 
 def _within_r(relevant: np.ndarray, n_relevant: np.ndarray) -> np.ndarray:
+    relevant = relevant[:, : max(n_relevant.max(initial=0), 1)]  # nothing past the largest R counts
     ranks = np.arange(1, relevant.shape[1] + 1)
     return relevant & (ranks[None, :] <= n_relevant[:, None])
 
