@@ -64,7 +64,7 @@ def test_pr_curve_and_average_precision_hand_computed():
     # pairs nearest first; the 2nd and 3rd are tied, so they form one threshold
     rel = np.array([1, 0, 1, 0, 1], dtype=bool)
     dist = np.array([0.1, 0.2, 0.2, 0.3, 0.4])
-    precision, recall = retrieval.pr_curve(rel, dist)
+    precision, recall = retrieval.pr_curve(rel, retrieval.tie_ends(dist))
     assert precision.tolist() == [1.0, 2 / 3, 2 / 4, 3 / 5]
     assert recall.tolist() == [1 / 3, 2 / 3, 2 / 3, 1.0]
     assert retrieval.average_precision(precision, recall) == pytest.approx(1 / 3 + (1 / 3) * (2 / 3) + (1 / 3) * (3 / 5))
@@ -78,7 +78,7 @@ def test_pr_curve_and_average_precision_match_scikit_learn(seed):
     dist = rng.integers(0, 40, 500).astype(np.float32) / 8  # many exact ties
     rel = rng.random(500) < 0.3
     order = np.argsort(dist, kind="stable")
-    precision, recall = retrieval.pr_curve(rel[order], dist[order])
+    precision, recall = retrieval.pr_curve(rel[order], retrieval.tie_ends(dist[order]))
     assert retrieval.average_precision(precision, recall) == pytest.approx(average_precision_score(rel, -dist), abs=1e-12)
     sk_precision, sk_recall, _ = precision_recall_curve(rel, -dist)
     # scikit-learn: recall decreasing, a final (precision 1, recall 0) point, thresholds past full recall dropped

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import matplotlib
 
@@ -40,35 +42,48 @@ class Ranking(Evaluator):
     def _levels(self, ctx: EvalContext) -> dict:
         """level → (relevant (Q, depth), n_relevant (Q,), average precision, plotted (recall, precision))."""
         depth = min(self.max_depth, max(len(refs) for _, refs in ctx.folds))
-        _, ranking = ctx.ranking(depth)
-        parts = [self._fold_pairs(ctx, positions, refs, depth) for positions, refs in ctx.folds]
-        dist = np.concatenate([d for d, _ in parts])
+        parts = self._folds(ctx, depth)
+        dist = np.concatenate([d for d, _, _ in parts])
         # Each fold's pairs are sorted already: a stable sort of the concatenation only merges them.
         order = np.argsort(dist, kind="stable") if len(parts) > 1 else slice(None)
-        dist = dist[order]
+        ends = retrieval.tie_ends(dist[order])
         out = {}
         for level in ctx.levels:
-            precision, recall = retrieval.pr_curve(np.concatenate([rel[level] for _, rel in parts])[order], dist)
+            precision, recall = retrieval.pr_curve(np.concatenate([rel[level] for _, rel, _ in parts])[order], ends)
             step = max(1, len(recall) // CURVE_POINTS)
             plotted = (np.append(recall[::step], recall[-1:]), np.append(precision[::step], precision[-1:]))
             n_rel = np.minimum(ctx.n_relevant(level), depth)
-            out[level] = (ctx.relevant(level, ranking), n_rel, retrieval.average_precision(precision, recall), plotted)
+            relevant = np.zeros((len(ctx.query_rows), depth), bool)
+            for (positions, _), (_, _, fold_relevant) in zip(ctx.folds, parts):
+                relevant[positions, : fold_relevant[level].shape[1]] = fold_relevant[level]
+            out[level] = (relevant, n_rel, retrieval.average_precision(precision, recall), plotted)
         return out
 
-    def _fold_pairs(self, ctx, positions, refs, depth) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """One fold's ranked (query, item) pairs sorted nearest first: distances and, per level, relevance.
-        Memoised: the pooled context and the fold's own context share them."""
-        key = (ctx.query_rows[positions].tobytes(), refs.tobytes(), min(depth, len(refs)), tuple(ctx.levels))
-        if key not in self._memo:
+    def _folds(self, ctx, depth) -> list[tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]]:
+        """Per fold: its ranked (query, item) pairs sorted nearest first (distances, and relevance per level),
+        and its relevance matrix per level. Memoised (the pooled context and each fold's own context share
+        them); folds run in parallel."""
+        keys = [(ctx.query_rows[positions].tobytes(), refs.tobytes(), min(depth, len(refs)), tuple(ctx.levels))
+                for positions, refs in ctx.folds]
+        todo = [(key, positions, refs) for key, (positions, refs) in zip(keys, ctx.folds) if key not in self._memo]
+        if todo:
             dist, ranking = ctx.ranking(depth)
-            dist, ranking = dist[positions], ranking[positions]
-            found = ranking >= 0
-            order = np.argsort(dist[found], kind="stable")
-            self._memo[key] = (dist[found][order],
-                               {lv: ctx.relevant(lv, ranking, positions)[found][order] for lv in ctx.levels})
-            while len(self._memo) > MEMO_FOLDS:
+
+            def pairs(job):
+                _, positions, refs = job
+                rows = ranking[positions, : min(depth, len(refs))]  # the same width whichever context asks first
+                found = rows >= 0
+                order = np.argsort(dist[positions, : rows.shape[1]][found], kind="stable")  # no GIL held
+                relevant = {lv: ctx.relevant(lv, rows, positions) for lv in ctx.levels}
+                return (dist[positions, : rows.shape[1]][found][order],
+                        {lv: r[found][order] for lv, r in relevant.items()}, relevant)
+
+            with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+                for (key, *_), value in zip(todo, pool.map(pairs, todo)):
+                    self._memo[key] = value
+            while len(self._memo) > max(MEMO_FOLDS, len(keys)):
                 self._memo.pop(next(iter(self._memo)))
-        return self._memo[key]
+        return [self._memo[key] for key in keys]
 
     def write_artifacts(self, ctx, out_dir):
         fig, ax = plt.subplots(figsize=(5, 4))

@@ -12,18 +12,24 @@ def relevance(query_labels: np.ndarray, neighbour_labels: np.ndarray) -> np.ndar
     return np.asarray(neighbour_labels) == np.asarray(query_labels)[:, None]
 
 
-def pr_curve(relevant_sorted: np.ndarray, distance_sorted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(precision, recall) at each distinct distance of pairs sorted nearest first, recall increasing.
+def tie_ends(distance_sorted: np.ndarray) -> np.ndarray:
+    """Last index of each run of equal distances in pairs sorted nearest first: tied pairs share one
+    threshold, so one point of the precision-recall curve."""
+    if len(distance_sorted) == 0:
+        return np.zeros(0, np.int64)
+    return np.append(np.flatnonzero(np.diff(distance_sorted)), len(distance_sorted) - 1)
+
+
+def pr_curve(relevant_sorted: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(precision, recall) at each distance threshold (`tie_ends`) of pairs sorted nearest first, recall
+    increasing.
 
     The same points as scikit-learn's `precision_recall_curve(relevant, -distance)` (tested equal), from
     pairs the caller sorted once: scikit-learn sorts on every call, and a run asks for every level of
     ~11 contexts of millions of pairs.
     """
-    if len(distance_sorted) == 0:
-        return np.zeros(0), np.zeros(0)
-    last = np.append(np.flatnonzero(np.diff(distance_sorted)), len(distance_sorted) - 1)  # tied pairs: one point
-    hits = np.cumsum(relevant_sorted, dtype=np.int32 if len(relevant_sorted) < 2**31 else np.int64)[last]
-    return hits / (last + 1), hits / hits[-1] if len(hits) and hits[-1] else np.full(len(hits), np.nan)
+    hits = np.cumsum(relevant_sorted, dtype=np.int32 if len(relevant_sorted) < 2**31 else np.int64)[ends]
+    return hits / (ends + 1), hits / hits[-1] if len(hits) and hits[-1] else np.full(len(hits), np.nan)
 
 
 def average_precision(precision: np.ndarray, recall: np.ndarray) -> float:
