@@ -71,7 +71,8 @@ def extract(paths: list[str], backbone: Backbone, preprocess, store: FeatureStor
     t0 = time.perf_counter()
     fingerprint, description = describe({**backbone.fingerprint, "store_dtype": store.dtype.name},
                                          preprocess.fingerprint())
-    store.register(fingerprint, description, backbone.dim)
+    dim = store.dim(fingerprint) or backbone.dim  # from the store when known: the network may never be built
+    store.register(fingerprint, description, dim)
     hashes, failed = hash_files(paths)
     cached = store.get(fingerprint, [h for h in hashes if h])
     todo: dict[str, int] = {}  # one embedding per distinct content
@@ -100,7 +101,7 @@ def extract(paths: list[str], backbone: Backbone, preprocess, store: FeatureStor
     embed_seconds = time.perf_counter() - t_embed
     for i, reason in sorted(failed.items()):
         log.warning("skipped %s: %s", paths[i], reason)
-    emb = np.zeros((len(paths), backbone.dim), dtype=np.float32)
+    emb = np.zeros((len(paths), dim), dtype=np.float32)
     valid = np.zeros(len(paths), dtype=bool)
     for i, h in enumerate(hashes):
         if h in cached and i not in failed:

@@ -156,7 +156,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
             metrics["folds"] = len(per_fold)
         n_catalog = len(results[0].ref_rows) if len(results) == 1 else int(ok.sum())
         metrics.update({
-            "n_catalog": n_catalog, "n_queries": len(pooled.query_rows), "feature_dim": backbone.dim,
+            "n_catalog": n_catalog, "n_queries": len(pooled.query_rows), "feature_dim": feats.emb.shape[1],
             "extract_seconds": feats.seconds, "images_extracted": feats.extracted,
             "skipped_images": len(feats.skipped), "search_seconds": search_seconds,
         })

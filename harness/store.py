@@ -36,6 +36,10 @@ class FeatureStore:
         with self.db:
             self.db.execute("INSERT OR IGNORE INTO extractors VALUES (?, ?, ?)", (fingerprint, description, dim))
 
+    def dim(self, fingerprint: str) -> int | None:
+        row = self.db.execute("SELECT dim FROM extractors WHERE fingerprint = ?", (fingerprint,)).fetchone()
+        return row[0] if row else None
+
     def get(self, fingerprint: str, hashes: list[str]) -> dict[str, np.ndarray]:
         found: dict[str, np.ndarray] = {}
         unique = list(dict.fromkeys(hashes))

@@ -4,6 +4,7 @@ No other module imports mlflow.
 """
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import math
 import os
@@ -20,6 +21,7 @@ from harness.errors import HarnessError
 
 log = logging.getLogger(__name__)
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+DISTRIBUTION = "fashion-retrieval-harness"
 SWEEP_ENV = "HARNESS_SWEEP_RUN_ID"  # set while a Hydra multirun is going: its jobs become child runs
 
 
@@ -151,6 +153,16 @@ def log_artifacts_to(run_id: str, paths: list[Path], subdir: str | None = None) 
 MODEL_CODE = Path(__file__).resolve().parent / "serving" / "mlflow_model.py"
 
 
+def _model_requirements() -> list[str] | None:
+    """The project's own runtime requirements. Left to itself, MLflow infers them by importing the model
+    in a subprocess: ~8 s per run, most of a cached sweep job."""
+    try:
+        requires = importlib.metadata.requires(DISTRIBUTION) or []
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree that was never installed
+        return None
+    return [r for r in requires if "extra ==" not in r]
+
+
 def log_search_model(searcher_dir: Path, register_as: str | None = None) -> str:
     """Log the searcher files as a pyfunc model (models-from-code); returns its model URI.
 
@@ -165,7 +177,8 @@ def log_search_model(searcher_dir: Path, register_as: str | None = None) -> str:
         params=ParamSchema([ParamSpec("k", "long", 5), ParamSpec("within_category", "boolean", False),
                             ParamSpec("rerank_column", "string", ""), ParamSpec("rerank_weight", "double", 0.0)]))
     info = mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_CODE),
-                                   artifacts={"searcher": str(searcher_dir)}, signature=signature)
+                                   artifacts={"searcher": str(searcher_dir)}, signature=signature,
+                                   pip_requirements=_model_requirements())
     mlflow.set_tag("harness.model_uri", info.model_uri)
     if register_as and not os.environ.get(SWEEP_ENV):
         register_champion(mlflow.active_run().info.run_id, register_as)

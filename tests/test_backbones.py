@@ -27,8 +27,9 @@ def test_feature_dims(cfg_factory, name, layer, dim):
 def test_graph_node_and_pooling_choices(cfg_factory):
     bb = make(cfg_factory, "backbone=resnet50", "backbone.weights=random", "layer.name=layer3", "layer.pooling=gem")
     assert bb.dim == 1024
+    bb = make(cfg_factory, "backbone=resnet50", "backbone.weights=random", "layer.name=nope")
     with pytest.raises(HarnessError, match="Unknown layer"):
-        make(cfg_factory, "backbone=resnet50", "backbone.weights=random", "layer.name=nope")
+        bb.dim  # the network, and so the layer check, comes on first use
 
 
 def test_random_weights_are_reproducible(cfg_factory):
@@ -46,7 +47,7 @@ def test_offline_imagenet_weights_give_one_clear_message(cfg_factory, tmp_path, 
 
     monkeypatch.setattr("torchvision.models._api.load_state_dict_from_url", offline)
     with pytest.raises(HarnessError) as err:
-        make(cfg_factory, "backbone=vgg16")
+        make(cfg_factory, "backbone=vgg16").dim
     msg = str(err.value)
     assert "vgg16-397923af.pth" in msg and str(tmp_path / "torch" / "hub" / "checkpoints") in msg
     assert "backbone.weights=PATH" in msg

@@ -80,10 +80,19 @@ class Backbone:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.precision = resolve_precision(precision, self.device)
         pool(torch.zeros(1, 1, 1, 1), pooling)  # validate early
-        if self.weights == "random":
-            torch.manual_seed(seed)  # random weights are reproducible, so their features can be cached
-        model = self.build().eval()
+        if self.weights not in ("random", "imagenet") and not Path(self.weights).expanduser().is_file():
+            raise HarnessError(f"backbone.weights={self.weights!r}: not imagenet, random or an existing .pth file.")
         self.node = self.layer_aliases.get(layer, layer)
+        self._mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1)
+
+    @functools.cached_property
+    def model(self) -> nn.Module:
+        """The network up to the tapped layer, built on first use: a sweep job whose features are all in
+        the store never needs it (VGG16 takes seconds to build)."""
+        if self.weights == "random":
+            torch.manual_seed(self.seed)  # random weights are reproducible, so their features can be cached
+        model = self.build().eval()
         with warnings.catch_warnings():
             # torchvision notes that train-mode graphs may differ; we only ever trace eval mode.
             warnings.filterwarnings("ignore", message="NOTE: The nodes obtained by tracing")
@@ -91,14 +100,12 @@ class Backbone:
             if not any(n == self.node or n.startswith(self.node + ".") for n in nodes):
                 aliases = ", ".join(self.layer_aliases) or "none"
                 raise HarnessError(
-                    f"Unknown layer {layer!r} for backbone {arch}. Names: {aliases}; "
+                    f"Unknown layer {self.layer!r} for backbone {self.arch}. Names: {aliases}; "
                     f"or a graph node such as {', '.join(nodes[-8:])}."
                 )
             extractor = create_feature_extractor(model, return_nodes={self.node: "features"})
         # Inference only: fold BatchNorm into the preceding convolutions (10-20 % faster on CPU).
-        self.model = fuse(extractor.eval(), inplace=True).to(self.device, memory_format=torch.channels_last)
-        self._mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)
-        self._std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1)
+        return fuse(extractor.eval(), inplace=True).to(self.device, memory_format=torch.channels_last)
 
     def build(self) -> nn.Module:
         raise NotImplementedError
@@ -107,7 +114,7 @@ class Backbone:
     def weights_id(self) -> str:
         if self.weights in ("random", "imagenet"):
             return f"{self.weights}:{self.seed}" if self.weights == "random" else "imagenet"
-        return f"file:{file_digest(self.weights)}"
+        return f"file:{file_digest(str(Path(self.weights).expanduser()))}"
 
     @functools.cached_property
     def fingerprint(self) -> dict:

@@ -39,8 +39,6 @@ class TorchvisionBackbone(Backbone):
                     f"for speed tests."
                 ) from None
         path = Path(self.weights).expanduser()
-        if not path.is_file():
-            raise HarnessError(f"backbone.weights={self.weights!r}: not imagenet, random or an existing .pth file.")
         model = models.get_model(self.arch, weights=None)
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)

@@ -75,6 +75,7 @@ class Searcher:
         self.features = features.astype(np.float32)
         self.backbone = instantiate(settings.backbone, layer=settings.layer["name"],
                                     pooling=settings.layer["pooling"])
+        self.backbone.model  # build now, so the first shopper does not wait for it (or see a weights error late)
         self.preprocess = instantiate(settings.preprocess)
         self.metric = instantiate(settings.metric)
         self.index = build_index(self.features, self.metric)
