@@ -40,17 +40,22 @@ def test_ties_broken_by_catalog_position_and_k_larger_than_catalog():
 
 
 @pytest.mark.parametrize("kind", ["ivf", "hnsw"])
-@pytest.mark.parametrize("name", ["euclidean", "cosine"])
+@pytest.mark.parametrize("name", ["euclidean", "cosine", "correlation"])
 def test_approximate_indexes_recall_on_clustered_data(kind, name, cfg_factory):
     metric = instantiate(cfg_factory(f"metric={name}").metric)
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(20, 32)) * 4
     ref = (centres[rng.integers(0, 20, 4000)] + rng.normal(size=(4000, 32))).astype(np.float32)
     query = (centres[rng.integers(0, 20, 100)] + rng.normal(size=(100, 32))).astype(np.float32)
-    _, exact = build_index(ref, metric).search(query, 5)
-    _, approx = build_index(ref, metric, kind, nprobe=8).search(query, 5)
+    exact_dist, exact = build_index(ref, metric).search(query, 5)
+    approx_dist, approx = build_index(ref, metric, kind, nprobe=8).search(query, 5)
     recall = np.mean([len(set(a) & set(e)) / 5 for a, e in zip(approx, exact)])
     assert recall >= 0.9
+    # the distance of every neighbour both found is the exact one (IVF re-ranks its candidates exactly)
+    for a, ad, e, ed in zip(approx, approx_dist, exact, exact_dist):
+        shared = dict(zip(e, ed))
+        np.testing.assert_allclose([d for i, d in zip(a, ad) if i in shared], [shared[i] for i in a if i in shared],
+                                   rtol=1e-4, atol=1e-4)
 
 
 def test_approximate_index_refuses_metrics_it_cannot_do(cfg_factory):
