@@ -58,7 +58,7 @@ class Index:
 class _FaissIndex(Index):
     def _search(self, query, k):
         raw, idx = self.faiss.search(query, k)
-        return self.metric.from_faiss(raw), idx
+        return np.where(idx >= 0, self.metric.from_faiss(raw), np.inf), idx  # FAISS pads with -1 and a sentinel
 
 
 class ExactIndex(Index):
@@ -117,13 +117,17 @@ class IVFIndex(Index):
 
     def _search(self, query, k):
         _, candidates = self.faiss.search(query, min(len(self.ref), k * self.rerank))
-        # Exact distances for the candidates (-1: fewer found), then the k best of them.
-        valid = candidates >= 0
-        picked = self.ref[np.where(valid, candidates, 0)]  # (Q, C, D), transformed already: for the metrics
-        # IVF serves, transform is idempotent, so prepare_ref on them gives the exact index's catalog side
-        prepared = self.metric.prepare_ref(picked.reshape(-1, picked.shape[2])).reshape(*picked.shape[:2], -1)
-        scores = np.stack([self.metric.scores(q[None], c)[0] for q, c in zip(query, prepared)])
-        scores[~valid] = np.inf
+        # Exact distances for the candidates (-1: fewer found), then the k best of them; in query blocks,
+        # because deep rankings (the ranking evaluator) ask for thousands of candidates per query.
+        step = max(1, CHUNK_BYTES // (4 * candidates.shape[1] * self.ref.shape[1]))
+        scores = np.empty(candidates.shape, np.float32)
+        for s in range(0, len(query), step):
+            block = candidates[s:s + step]
+            picked = self.ref[np.where(block >= 0, block, 0)]  # (q, C, D), transformed already: for the
+            # metrics IVF serves, transform is idempotent, so prepare_ref gives the exact index's catalog side
+            prepared = self.metric.prepare_ref(picked.reshape(-1, picked.shape[2])).reshape(*picked.shape[:2], -1)
+            scores[s:s + step] = [self.metric.scores(q[None], c)[0] for q, c in zip(query[s:s + step], prepared)]
+        scores[candidates < 0] = np.inf
         best, order = top_k(scores, k)
         return self.metric.to_distance(best, query), np.take_along_axis(candidates, order, axis=1)
 

@@ -51,6 +51,10 @@ def test_approximate_indexes_recall_on_clustered_data(kind, name, cfg_factory):
     approx_dist, approx = build_index(ref, metric, kind, nprobe=8).search(query, 5)
     recall = np.mean([len(set(a) & set(e)) / 5 for a, e in zip(approx, exact)])
     assert recall >= 0.9
+    deep_dist, deep = build_index(ref, metric, kind, nprobe=8).search(query, 1000)  # the ranking evaluator's depth
+    found = deep >= 0  # an approximate index may find fewer than k: -1 and inf after the last one found
+    assert deep.shape == (100, 1000) and np.all(np.isinf(deep_dist[~found])) and found[:, :5].all()
+    assert all(np.all(np.diff(d[f]) >= 0) for d, f in zip(deep_dist, found))
     # the distance of every neighbour both found is the exact one (IVF re-ranks its candidates exactly)
     for a, ad, e, ed in zip(approx, approx_dist, exact, exact_dist):
         shared = dict(zip(e, ed))
