@@ -78,11 +78,32 @@ def test_pr_curve_and_average_precision_match_scikit_learn(seed):
     dist = rng.integers(0, 40, 500).astype(np.float32) / 8  # many exact ties
     rel = rng.random(500) < 0.3
     order = np.argsort(dist, kind="stable")
-    precision, recall = retrieval.pr_curve(rel[order], retrieval.tie_ends(dist[order]))
+    ends = retrieval.tie_ends(dist[order])
+    precision, recall = retrieval.pr_curve(rel[order], ends)
     assert retrieval.average_precision(precision, recall) == pytest.approx(average_precision_score(rel, -dist), abs=1e-12)
+    hits = retrieval.hits_at(rel[order], ends)
+    assert retrieval.average_precision_from_hits(hits, ends) == pytest.approx(average_precision_score(rel, -dist), abs=1e-12)
     sk_precision, sk_recall, _ = precision_recall_curve(rel, -dist)
     # scikit-learn: recall decreasing, a final (precision 1, recall 0) point, thresholds past full recall dropped
     sk_precision, sk_recall = sk_precision[-2::-1], sk_recall[-2::-1]
     np.testing.assert_allclose(precision[: len(sk_precision)], sk_precision)
     np.testing.assert_allclose(recall[: len(sk_recall)], sk_recall)
     assert np.all(recall[len(sk_recall):] == 1.0)
+
+
+def test_order_key_sorts_like_the_floats():
+    dist = np.array([0.5, -0.0, 0.0, -1e-7, np.inf, np.nan, -np.inf, 0.5, 1e-30, -np.nan, 2.0], dtype=np.float32)
+    key = retrieval.order_key(dist)
+    assert key.dtype == np.uint32
+    np.testing.assert_array_equal(np.argsort(key, kind="stable"), np.argsort(dist, kind="stable"))
+    assert key[1] == key[2] and key[0] == key[7]  # -0.0 ties with 0.0, equal values stay tied
+    assert key[5] == key[9] == key.max()  # NaN of either sign sorts last
+
+
+def test_average_precision_from_hits_hand_computed():
+    rel = np.array([1, 0, 1, 0, 1], dtype=bool)
+    ends = retrieval.tie_ends(np.array([0.1, 0.2, 0.2, 0.3, 0.4]))
+    hits = retrieval.hits_at(rel, ends)
+    assert hits.tolist() == [1, 2, 2, 3]
+    assert retrieval.average_precision_from_hits(hits, ends) == pytest.approx(1 / 3 + (1 / 3) * (2 / 3) + (1 / 3) * (3 / 5))
+    assert np.isnan(retrieval.average_precision_from_hits(retrieval.hits_at(~np.ones(3, bool), np.arange(3)), np.arange(3)))

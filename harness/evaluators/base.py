@@ -62,10 +62,13 @@ class EvalContext:
 
     def n_relevant(self, level: str) -> np.ndarray:
         """For each query, how many items of its fold's catalog share its label."""
+        codes = self._codes(level)
         out = np.zeros(len(self.query_rows), dtype=np.int64)
         for positions, ref_rows in self.folds:
-            counts = self.items[level].iloc[ref_rows].value_counts()
-            out[positions] = counts.reindex(self.query_labels(level)[positions]).fillna(0).to_numpy()
+            ref_codes = codes[ref_rows]
+            counts = np.bincount(ref_codes[ref_codes >= 0], minlength=codes.max(initial=-1) + 1)
+            query_codes = codes[self.query_rows[positions]]
+            out[positions] = np.where(query_codes >= 0, counts[query_codes], 0)
         return out
 
     def __hash__(self):  # for lru_cache: one context is one evaluation

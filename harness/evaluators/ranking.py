@@ -43,26 +43,28 @@ class Ranking(Evaluator):
         """level → (relevant (Q, depth), n_relevant (Q,), average precision, plotted (recall, precision))."""
         depth = min(self.max_depth, max(len(refs) for _, refs in ctx.folds))
         parts = self._folds(ctx, depth)
-        dist = np.concatenate([d for d, _, _ in parts])
         # Each fold's pairs are sorted already: a stable sort of the concatenation only merges them.
-        order = np.argsort(dist, kind="stable") if len(parts) > 1 else slice(None)
-        ends = retrieval.tie_ends(dist[order])
+        keys = np.sort(np.concatenate([key for key, _ in parts]), kind="stable") if len(parts) > 1 else parts[0][0]
+        ends = retrieval.tie_ends((keys >> np.uint64(32)).astype(np.uint32))
+        flags = keys.astype(np.uint32)  # the low half: relevance bits
         out = {}
-        for level in ctx.levels:
-            precision, recall = retrieval.pr_curve(np.concatenate([rel[level] for _, rel, _ in parts])[order], ends)
-            step = max(1, len(recall) // CURVE_POINTS)
-            plotted = (np.append(recall[::step], recall[-1:]), np.append(precision[::step], precision[-1:]))
-            n_rel = np.minimum(ctx.n_relevant(level), depth)
+        for bit, level in enumerate(ctx.levels):
+            hits = retrieval.hits_at((flags >> np.uint32(bit)) & np.uint32(1), ends)
+            shown = np.unique(np.append(np.arange(0, len(ends), max(1, len(ends) // CURVE_POINTS)), len(ends) - 1))
+            precision, recall = retrieval.curve_from_hits(hits[shown], ends[shown])
             relevant = np.zeros((len(ctx.query_rows), depth), bool)
-            for (positions, _), (_, _, fold_relevant) in zip(ctx.folds, parts):
+            for (positions, _), (_, fold_relevant) in zip(ctx.folds, parts):
                 relevant[positions, : fold_relevant[level].shape[1]] = fold_relevant[level]
-            out[level] = (relevant, n_rel, retrieval.average_precision(precision, recall), plotted)
+            out[level] = (relevant, np.minimum(ctx.n_relevant(level), depth),
+                          retrieval.average_precision_from_hits(hits, ends), (recall, precision))
         return out
 
-    def _folds(self, ctx, depth) -> list[tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]]:
-        """Per fold: its ranked (query, item) pairs sorted nearest first (distances, and relevance per level),
-        and its relevance matrix per level. Memoised (the pooled context and each fold's own context share
-        them); folds run in parallel."""
+    def _folds(self, ctx, depth) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
+        """Per fold: its ranked (query, item) pairs as uint64 keys sorted nearest first (distance order in
+        the high half, one relevance bit per level in the low), and its relevance matrix per level.
+        Memoised (the pooled context and each fold's own context share them); folds run in parallel."""
+        if len(ctx.levels) > 32:
+            raise ValueError("the ranking evaluator packs one relevance bit per level: at most 32 levels")
         keys = [(ctx.query_rows[positions].tobytes(), refs.tobytes(), min(depth, len(refs)), tuple(ctx.levels))
                 for positions, refs in ctx.folds]
         todo = [(key, positions, refs) for key, (positions, refs) in zip(keys, ctx.folds) if key not in self._memo]
@@ -73,10 +75,11 @@ class Ranking(Evaluator):
                 _, positions, refs = job
                 rows = ranking[positions, : min(depth, len(refs))]  # the same width whichever context asks first
                 found = rows >= 0
-                order = np.argsort(dist[positions, : rows.shape[1]][found], kind="stable")  # no GIL held
                 relevant = {lv: ctx.relevant(lv, rows, positions) for lv in ctx.levels}
-                return (dist[positions, : rows.shape[1]][found][order],
-                        {lv: r[found][order] for lv, r in relevant.items()}, relevant)
+                key = retrieval.order_key(dist[positions, : rows.shape[1]][found]).astype(np.uint64) << np.uint64(32)
+                for bit, lv in enumerate(ctx.levels):
+                    key |= relevant[lv][found].astype(np.uint64) << np.uint64(bit)
+                return np.sort(key, kind="stable"), relevant  # rows are sorted runs: a merge, no GIL held
 
             with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
                 for (key, *_), value in zip(todo, pool.map(pairs, todo)):

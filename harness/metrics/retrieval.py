@@ -12,12 +12,30 @@ def relevance(query_labels: np.ndarray, neighbour_labels: np.ndarray) -> np.ndar
     return np.asarray(neighbour_labels) == np.asarray(query_labels)[:, None]
 
 
+def order_key(distance: np.ndarray) -> np.ndarray:
+    """uint32 keys that sort like the float32 distances (-0.0 equal to 0.0, NaN last).
+
+    Ranked pairs are sorted as uint64 `order_key << 32 | payload`: one sort of plain integers, and the
+    payload (a column, or relevance bits) rides along instead of being gathered through an argsort.
+    """
+    x = np.asarray(distance, dtype=np.float32) + np.float32(0.0)  # -0.0 + 0.0 is +0.0
+    bits = x.view(np.uint32)
+    key = np.where(bits >> 31, ~bits, bits | np.uint32(0x80000000))
+    key[np.isnan(x)] = np.iinfo(np.uint32).max
+    return key
+
+
 def tie_ends(distance_sorted: np.ndarray) -> np.ndarray:
-    """Last index of each run of equal distances in pairs sorted nearest first: tied pairs share one
-    threshold, so one point of the precision-recall curve."""
+    """Last index of each run of equal distances (or order keys) in pairs sorted nearest first: tied
+    pairs share one threshold, so one point of the precision-recall curve."""
     if len(distance_sorted) == 0:
         return np.zeros(0, np.int64)
-    return np.append(np.flatnonzero(np.diff(distance_sorted)), len(distance_sorted) - 1)
+    return np.append(np.flatnonzero(distance_sorted[1:] != distance_sorted[:-1]), len(distance_sorted) - 1)
+
+
+def hits_at(relevant_sorted: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Relevant pairs up to each threshold (`tie_ends`) of pairs sorted nearest first."""
+    return np.cumsum(relevant_sorted, dtype=np.int32 if len(relevant_sorted) < 2**31 else np.int64)[ends]
 
 
 def pr_curve(relevant_sorted: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -28,13 +46,25 @@ def pr_curve(relevant_sorted: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray,
     pairs the caller sorted once: scikit-learn sorts on every call, and a run asks for every level of
     ~11 contexts of millions of pairs.
     """
-    hits = np.cumsum(relevant_sorted, dtype=np.int32 if len(relevant_sorted) < 2**31 else np.int64)[ends]
+    return curve_from_hits(hits_at(relevant_sorted, ends), ends)
+
+
+def curve_from_hits(hits: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return hits / (ends + 1), hits / hits[-1] if len(hits) and hits[-1] else np.full(len(hits), np.nan)
 
 
 def average_precision(precision: np.ndarray, recall: np.ndarray) -> float:
     """Σ (R_n − R_{n−1}) P_n, scikit-learn's `average_precision_score` (no interpolation)."""
     return float(np.sum(np.diff(recall, prepend=0.0) * precision)) if len(recall) else float("nan")
+
+
+def average_precision_from_hits(hits: np.ndarray, ends: np.ndarray) -> float:
+    """`average_precision` of the curve `hits` describes, summing only the thresholds that add a hit."""
+    if not len(hits) or not hits[-1]:
+        return float("nan")
+    new = np.flatnonzero(np.diff(hits, prepend=0))
+    gained = np.diff(hits[new], prepend=0)
+    return float(np.dot(gained, hits[new] / (ends[new] + 1)) / hits[-1])
 
 
 def precision_at_k(relevant: np.ndarray) -> float:
