@@ -3,6 +3,7 @@ import gzip
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from harness.config import instantiate
 from harness.data import stratified_order
@@ -71,12 +72,22 @@ def test_fashion_mnist_reads_debian_idx_files(cfg_factory, tmp_path):
     raw = tmp_path / "fmnist"
     raw.mkdir()
     rng = np.random.default_rng(0)
+    pixels = {}
     for prefix, n in [("train", 40), ("t10k", 20)]:
-        _idx(raw / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)))
+        pixels[prefix] = rng.integers(0, 255, (n, 28, 28))
+        _idx(raw / f"{prefix}-images-idx3-ubyte.gz", pixels[prefix])
         _idx(raw / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
-    cfg = cfg_factory(f"dataset.search_dirs=[{raw}]", "dataset.catalog_size=20", "dataset.query_size=10")
+    cfg_args = (f"dataset.search_dirs=[{raw}]", "dataset.catalog_size=20", "dataset.query_size=10")
+    cfg = cfg_factory(*cfg_args)
     catalog, [fold] = instantiate(cfg.protocol).split(instantiate(cfg.dataset).load())
     items = catalog.items
     assert len(fold.ref_idx) == 20 and len(fold.query_idx) == 10
     assert set(items.category) == {"Topwear", "Bottomwear", "Dress", "Footwear", "Bags"}
     assert items.loc[items.subcategory == "Ankle boot", "category"].eq("Footwear").all()
+    # written as photos (negated back); photo=false keeps Fashion-MNIST's own negatives
+    first = items[items.split == "catalog"].iloc[0]
+    source = pixels["train"][int(first.item_id.split("-")[1])]
+    np.testing.assert_array_equal(np.asarray(Image.open(first.path)), 255 - source)
+    raw_items = instantiate(cfg_factory(*cfg_args, "dataset.photo=false").dataset).load().items
+    raw_first = raw_items[raw_items.item_id == first.item_id].iloc[0]
+    np.testing.assert_array_equal(np.asarray(Image.open(raw_first.path)), source)

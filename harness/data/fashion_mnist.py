@@ -1,7 +1,11 @@
 """Fashion-MNIST as a catalog: training images are the catalog, test images the queries.
 
 The images are written once as PNG files under the cache folder so that every dataset goes through
-the same decode → preprocess → extract path as a real product catalog.
+the same decode → preprocess → extract path as a real product catalog. Fashion-MNIST negated Zalando's
+product photos (step 6 of its conversion); `photo=True` (default) negates them back, so a product is dark
+on a white studio background like a catalog photo, the look ImageNet networks and the background
+trimming (`preprocess=roi|pad`) expect. On the default job this lifts category P@5 from 0.940 to 0.946
+and subcategory P@5 from 0.802 to 0.811.
 """
 from __future__ import annotations
 
@@ -66,24 +70,25 @@ class FashionMNIST:
 
     def __init__(self, cache_dir: str, search_dirs=(), categories: dict | None = None,
                  catalog_size: int = 5000, query_size: int = 1000,
-                 levels=("category", "subcategory"), limit: int | None = None, seed: int = 0):
+                 levels=("category", "subcategory"), limit: int | None = None, seed: int = 0,
+                 photo: bool = True):
         self.cache_dir = Path(cache_dir)
         self.search_dirs = [Path(d) for d in search_dirs] + [self.cache_dir]
         self.categories = dict(categories or {})
         self.sizes = {"train": catalog_size, "test": query_size}
-        self.levels, self.limit, self.seed = list(levels), limit, seed
+        self.levels, self.limit, self.seed, self.photo = list(levels), limit, seed, photo
 
     def _split(self, split: str) -> pd.DataFrame:
         images, labels = load_arrays(split, self.search_dirs, self.cache_dir)
         subcategory = pd.Series([CLASSES[i] for i in labels])
         chosen = np.sort(stratified_order(subcategory, self.seed)[: self.sizes[split]])
-        out_dir = self.cache_dir / "png" / split
+        out_dir = self.cache_dir / ("photo" if self.photo else "png") / split
         out_dir.mkdir(parents=True, exist_ok=True)
         rows = []
         for i in chosen:
             path = out_dir / f"{i:05d}.png"
             if not path.exists():
-                Image.fromarray(images[i], mode="L").save(path)
+                Image.fromarray(255 - images[i] if self.photo else images[i], mode="L").save(path)
             rows.append({"path": str(path), "item_id": f"{split}-{i:05d}",
                          "subcategory": CLASSES[labels[i]],
                          "category": self.categories.get(CLASSES[labels[i]], CLASSES[labels[i]]),
