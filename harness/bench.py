@@ -5,6 +5,7 @@
     python -m harness.bench ann        # IVF vs exact over 1M x 1280 clustered vectors
     python -m harness.bench grid       # 3 backbones x 6 metrics vs extracting once per backbone
     python -m harness.bench serve      # p50 latency of one photo query over the products catalog
+    python -m harness.bench peak       # this CPU's GEMM FLOP/s, and the images/s it allows each backbone
 
 Every number is measured in the same process, on this machine, in the run that prints it.
 """
@@ -100,6 +101,46 @@ def bench_extract(args) -> list[dict]:
         _, fp32 = harness_path(cfg, paths, args.batch_sizes[0], "fp32")
         rows.append({"backbone": "efficientnet_lite0", "images": len(paths),
                      "fp32_vs_bf16_top5_agreement": round(topk_agreement(fp32, bf16), 4)})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def gemm_gflops(dtype: torch.dtype, seconds: float, n: int = 4096) -> float:
+    """Sustained matrix-multiply GFLOP/s: the ceiling for convolution and linear layers on this CPU."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    done, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        done += 1
+    return 2 * n ** 3 * done / (time.perf_counter() - t0) / 1e9
+
+
+def bench_peak(args) -> list[dict]:
+    """How close extraction is to the hardware: the network's FLOPs per image (what the harness runs, up
+    to the tapped layer) against the best bf16 GEMM rate, and the forward rate on random input (no decode)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    peak = {"fp32": gemm_gflops(torch.float32, args.seconds), "bf16": gemm_gflops(torch.bfloat16, args.seconds)}
+    rows = [{"backbone": "GEMM 4096^3", **{f"{p}_gemm_gflops": round(v, 1) for p, v in peak.items()}}]
+    print(rows[-1], flush=True)
+    for name in args.backbones:
+        cfg = load_cfg(f"backbone={name}", "backbone.weights=random", "backbone.precision=bf16")
+        backbone = instantiate(cfg.backbone, layer=cfg.layer.name, pooling=cfg.layer.pooling)
+        images = torch.randint(0, 256, (args.batch_size, 3, backbone.input_size, backbone.input_size), dtype=torch.uint8)
+        with FlopCounterMode(display=False) as counter:
+            backbone.embed(images[:1])
+        gflop = counter.get_total_flops() / 1e9
+        backbone.embed(images)
+        done, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < args.seconds:
+            backbone.embed(images)
+            done += len(images)
+        forward = done / (time.perf_counter() - t0)
+        rows.append({"backbone": name, "gflop_per_image": round(gflop, 2), "batch_size": args.batch_size,
+                     "ceiling_images_per_s": round(peak["bf16"] / gflop, 1),
+                     "forward_images_per_s": round(forward, 1),
+                     "share_of_ceiling": round(forward * gflop / peak["bf16"], 2)})
         print(rows[-1], flush=True)
     return rows
 
@@ -293,12 +334,16 @@ def main(argv=None):
     sv = sub.add_parser("serve", help="single-photo query latency (decode + extract + search)")
     sv.add_argument("--catalog", type=Path, default=DEFAULT_CATALOG)
     sv.add_argument("--queries", type=int, default=200)
+    pk = sub.add_parser("peak", help="GEMM FLOP/s of this CPU and the images/s they allow each backbone")
+    pk.add_argument("--backbones", nargs="+", default=["efficientnet_lite0", "resnet50", "vgg16"])
+    pk.add_argument("--batch-size", type=int, default=8)
+    pk.add_argument("--seconds", type=float, default=15.0)
     for p in sub.choices.values():
         p.add_argument("--k", type=int, default=5)
         p.add_argument("--out", type=Path, default=ROOT / "experiments" / "bench")
     args = parser.parse_args(argv)
     sections = {"extract": bench_extract, "search": bench_search, "ann": bench_ann, "grid": bench_grid,
-                "serve": bench_serve}
+                "serve": bench_serve, "peak": bench_peak}
     rows = sections[args.section](args)
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"section": args.section, "machine": machine(), "date": time.strftime("%Y-%m-%d"), "rows": rows}
