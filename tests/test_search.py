@@ -37,6 +37,18 @@ def test_ties_broken_by_catalog_position_and_k_larger_than_catalog():
     wide[0, [30, 7, 19]] = [0.5, 0.5, 0.25]
     dist, idx = top_k(wide, 3)
     assert idx.tolist() == [[19, 7, 30]] and dist.tolist() == [[0.25, 0.5, 0.5]]
+    wide[0, [7, 30]] = 2.0  # now the 2nd and 3rd places are tied among 39 items: the first two columns win
+    assert top_k(wide, 3)[1].tolist() == [[19, 0, 1]]
+
+
+@pytest.mark.parametrize("shape,k", [((64, 400), 5), ((64, 400), 150)])  # partial selection; full sort
+def test_top_k_is_a_stable_argsort_even_with_many_ties(shape, k):
+    rng = np.random.default_rng(0)
+    d = rng.integers(0, 6, shape).astype(np.float32)  # six distinct values: ties everywhere
+    dist, idx = top_k(d, k)
+    expected = np.argsort(d, axis=1, kind="stable")[:, :k]
+    np.testing.assert_array_equal(idx, expected)
+    np.testing.assert_array_equal(dist, np.take_along_axis(d, expected, axis=1))
 
 
 @pytest.mark.parametrize("kind", ["ivf", "hnsw"])
