@@ -8,6 +8,7 @@ import importlib.metadata
 import logging
 import math
 import os
+import warnings
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -176,9 +177,15 @@ def log_search_model(searcher_dir: Path, register_as: str | None = None) -> str:
         inputs=Schema([ColSpec("string", "image")]),
         params=ParamSchema([ParamSpec("k", "long", 5), ParamSpec("within_category", "boolean", False),
                             ParamSpec("rerank_column", "string", ""), ParamSpec("rerank_weight", "double", 0.0)]))
-    info = mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_CODE),
-                                   artifacts={"searcher": str(searcher_dir)}, signature=signature,
-                                   pip_requirements=_model_requirements())
+    with warnings.catch_warnings():
+        # The signature above is the contract; predict() also takes a plain list, which MLflow's type-hint
+        # validation cannot express, and an input example would be a photo MLflow runs through the network
+        # while logging. Its advice about both is noise in every run's console.
+        warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method")
+        warnings.filterwarnings("ignore", message=r".*An input example was not provided")
+        info = mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_CODE),
+                                       artifacts={"searcher": str(searcher_dir)}, signature=signature,
+                                       pip_requirements=_model_requirements())
     mlflow.set_tag("harness.model_uri", info.model_uri)
     if register_as and not os.environ.get(SWEEP_ENV):
         register_champion(mlflow.active_run().info.run_id, register_as)
