@@ -62,9 +62,9 @@ def average_precision_from_hits(hits: np.ndarray, ends: np.ndarray) -> float:
     """`average_precision` of the curve `hits` describes, summing only the thresholds that add a hit."""
     if not len(hits) or not hits[-1]:
         return float("nan")
-    new = np.flatnonzero(np.diff(hits, prepend=0))
-    gained = np.diff(hits[new], prepend=0)
-    return float(np.dot(gained, hits[new] / (ends[new] + 1)) / hits[-1])
+    gained = np.diff(hits, prepend=0)
+    new = np.flatnonzero(gained)
+    return float(np.dot(gained[new], hits[new] / (ends[new] + 1)) / hits[-1])
 
 
 def precision_at_k(relevant: np.ndarray) -> float:
