@@ -60,14 +60,16 @@ def plain_loop(backbone, preprocess, paths: list[str]) -> float:
     return len(paths) / (time.perf_counter() - t0)
 
 
-def harness_path(cfg, paths: list[str], batch_size: int, precision: str = "auto") -> tuple[float, np.ndarray]:
-    backbone = instantiate(cfg.backbone, layer=cfg.layer.name, pooling=cfg.layer.pooling, precision=precision)
+def harness_path(cfg, paths: list[str], batch_size: int, precision: str = "auto", compile: bool = False):
+    """`extract` into an empty store, as a run does. Returns its Features (rates from embed_seconds)."""
+    backbone = instantiate(cfg.backbone, layer=cfg.layer.name, pooling=cfg.layer.pooling, precision=precision,
+                           compile=compile)
     with tempfile.TemporaryDirectory() as tmp:
         store = FeatureStore(str(Path(tmp) / "f.sqlite"))
         feats = extract(paths, backbone, instantiate(cfg.preprocess), store, batch_size=batch_size,
                         num_workers=cfg.extract.num_workers, progress=False)
         store.close()
-    return feats.extracted / feats.embed_seconds, feats.emb
+    return feats
 
 
 def topk_agreement(a: np.ndarray, b: np.ndarray, k: int = 5) -> float:
@@ -89,16 +91,20 @@ def bench_extract(args) -> list[dict]:
         backbone = instantiate(cfg.backbone, layer=cfg.layer.name, pooling=cfg.layer.pooling)
         plain = plain_loop(backbone, instantiate(cfg.preprocess), paths[: args.plain_images])
         for bs in args.batch_sizes:
-            ips, _ = harness_path(cfg, paths, bs)
-            rows.append({"backbone": name, "weights": weights, "images": len(paths), "batch_size": bs,
-                         "precision": backbone.precision, "harness_images_per_s": round(ips, 1),
-                         "plain_fp32_images_per_s": round(plain, 1), "speedup": round(ips / plain, 2)})
-            print(rows[-1], flush=True)
+            for compile in (False, True) if args.compile else (False,):
+                feats = harness_path(cfg, paths, bs, compile=compile)
+                ips = feats.extracted / feats.embed_seconds
+                rows.append({"backbone": name, "weights": weights, "images": len(paths), "batch_size": bs,
+                             "precision": backbone.precision, "compiled": compile,
+                             "harness_images_per_s": round(ips, 1), "compile_seconds": round(feats.compile_seconds, 1),
+                             "feature_stage_seconds": round(feats.seconds, 1),
+                             "plain_fp32_images_per_s": round(plain, 1), "speedup": round(ips / plain, 2)})
+                print(rows[-1], flush=True)
     if args.agreement:
         cfg = load_cfg("backbone=efficientnet_lite0")
         paths = catalog_paths(args.catalog, None)
-        _, bf16 = harness_path(cfg, paths, args.batch_sizes[0], "bf16")
-        _, fp32 = harness_path(cfg, paths, args.batch_sizes[0], "fp32")
+        bf16 = harness_path(cfg, paths, args.batch_sizes[0], "bf16").emb
+        fp32 = harness_path(cfg, paths, args.batch_sizes[0], "fp32").emb
         rows.append({"backbone": "efficientnet_lite0", "images": len(paths),
                      "fp32_vs_bf16_top5_agreement": round(topk_agreement(fp32, bf16), 4)})
         print(rows[-1], flush=True)
@@ -312,6 +318,7 @@ def main(argv=None):
     ex.add_argument("--plain-images", type=int, default=128)
     ex.add_argument("--batch-sizes", type=int, nargs="+", default=[8])
     ex.add_argument("--agreement", action="store_true", help="also fp32-vs-bf16 top-5 agreement")
+    ex.add_argument("--compile", action="store_true", help="also with extract.compile=true (same run)")
     se = sub.add_parser("search", help="exact search queries/s per metric vs scikit-learn brute force")
     se.add_argument("--n", type=int, nargs="+", default=[10_000, 100_000])
     se.add_argument("--dims", type=int, nargs="+", default=[1280, 4096])

@@ -25,6 +25,7 @@ class Features:
     extracted: int = 0              # images embedded in this call (the rest came from the store)
     seconds: float = 0.0            # wall time of the whole feature stage
     embed_seconds: float = 0.0      # wall time of decoding + embedding the new images
+    compile_seconds: float = 0.0    # compiling the network first (extract.compile), not in embed_seconds
     fingerprint: str = ""
     hashes: list = field(default_factory=list)  # content hash per image (None if unreadable)
 
@@ -79,6 +80,7 @@ def extract(paths: list[str], backbone: Backbone, preprocess, store: FeatureStor
     for i, h in enumerate(hashes):
         if h and h not in cached and h not in todo:
             todo[h] = i
+    compile_seconds = backbone.compile_network(batch_size) if todo and backbone.compile else 0.0
     t_embed = time.perf_counter()
     if todo:
         log.info("extracting %d images with %s (%s); %d from the feature store",
@@ -113,5 +115,6 @@ def extract(paths: list[str], backbone: Backbone, preprocess, store: FeatureStor
             failed[i] = "duplicate of a skipped file"
     skipped = [(paths[i], failed[i]) for i in sorted(failed)]
     return Features(emb, valid, skipped, extracted=len(todo) - len([i for i in todo.values() if i in failed]),
-                    seconds=time.perf_counter() - t0, embed_seconds=embed_seconds, fingerprint=fingerprint,
+                    seconds=time.perf_counter() - t0, embed_seconds=embed_seconds,
+                    compile_seconds=compile_seconds, fingerprint=fingerprint,
                     hashes=hashes)

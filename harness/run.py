@@ -104,7 +104,8 @@ def log_searcher(cfg, run_id, run_name, metrics, items, feats, out_dir: Path) ->
 def run(cfg: DictConfig) -> dict[str, float]:
     items, levels, folds, distractor_rows = load_catalog(cfg)
     k = int(cfg.k)
-    backbone = instantiate(cfg.backbone, layer=cfg.layer.name, pooling=cfg.layer.pooling)
+    backbone = instantiate(cfg.backbone, layer=cfg.layer.name, pooling=cfg.layer.pooling,
+                           compile=cfg.extract.compile)
     preprocess = instantiate(cfg.preprocess)
     metric = instantiate(cfg.metric)
     evaluators = {name: instantiate(spec) for name, spec in cfg.evaluator.items()
@@ -162,6 +163,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         })
         if feats.extracted:
             metrics["images_per_second"] = feats.extracted / feats.embed_seconds
+        if feats.compile_seconds:
+            metrics["compile_seconds"] = feats.compile_seconds
         tracking.log_metrics(metrics)
 
         skipped = out_dir / "skipped_images.csv"

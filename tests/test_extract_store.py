@@ -1,4 +1,5 @@
 import numpy as np
+import torch
 
 from harness.config import instantiate
 from harness.extract import extract
@@ -43,3 +44,24 @@ def test_duplicate_files_are_embedded_once(cfg_factory, catalog_dir, tmp_path):
     out = extract(paths + paths, *parts(cfg_factory), store, num_workers=0, progress=False)
     assert out.extracted == 3 and out.valid.all()
     np.testing.assert_array_equal(out.emb[:3], out.emb[3:])
+
+
+def test_compiled_extraction_matches_eager_without_recompiling(cfg_factory, catalog_dir, tmp_path):
+    import torch._dynamo
+
+    overrides = ("backbone.precision=fp32", "backbone.input_size=64")
+    paths = sorted(str(p) for p in (catalog_dir / "images").glob("*.jpg"))[:11]
+    store = FeatureStore(str(tmp_path / "f.sqlite"))
+    eager = extract(paths, *parts(cfg_factory, *overrides), store, batch_size=4, num_workers=0, progress=False)
+    cfg = cfg_factory("backbone=resnet50", "backbone.weights=random", "layer=logits", *overrides)
+    backbone = instantiate(cfg.backbone, layer=cfg.layer.name, pooling=cfg.layer.pooling, compile=True)
+    # 11 images in batches of 4 end with a batch of 3: padded to 4, so one graph serves every batch
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        compiled = extract(paths, backbone, instantiate(cfg.preprocess), store, batch_size=4, num_workers=0,
+                           progress=False)
+        one, nine = backbone.embed(torch.zeros(1, 3, 64, 64, dtype=torch.uint8)), backbone.embed(
+            torch.zeros(9, 3, 64, 64, dtype=torch.uint8))
+    assert compiled.fingerprint != eager.fingerprint and compiled.extracted == 11
+    assert compiled.compile_seconds > 0 and one.shape == (1, 1000) and nine.shape == (9, 1000)
+    np.testing.assert_allclose(nine, np.repeat(one, 9, axis=0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(compiled.emb, eager.emb, rtol=1e-3, atol=1e-3)

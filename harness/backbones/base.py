@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import time
 import warnings
 from pathlib import Path
 
@@ -73,7 +74,7 @@ class Backbone:
 
     def __init__(self, arch: str, weights: str = "imagenet", precision: str = "auto",
                  layer: str = "penultimate", pooling: str = "gap", layers: dict | None = None,
-                 input_size: int = 224, device: str | None = None, seed: int = 0):
+                 input_size: int = 224, device: str | None = None, seed: int = 0, compile: bool = False):
         self.arch, self.weights, self.input_size, self.seed = arch, str(weights), input_size, seed
         self.layer_aliases = dict(layers or {})
         self.layer, self.pooling = layer, pooling
@@ -85,6 +86,8 @@ class Backbone:
         self.node = self.layer_aliases.get(layer, layer)
         self._mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1)
+        self.compile = bool(compile)  # extract.compile: `compile_network` before a long extraction
+        self.compiled_batch = 0  # > 0 once compiled: the one batch size the compiled network takes
 
     @functools.cached_property
     def model(self) -> nn.Module:
@@ -118,6 +121,35 @@ class Backbone:
     def build(self) -> nn.Module:
         raise NotImplementedError
 
+    def compile_network(self, batch_size: int) -> float:
+        """Compile the network with TorchInductor for batches of `batch_size` (smaller ones are padded,
+        so it never recompiles). Returns the seconds the compilation took.
+
+        Inductor's freezing folds BatchNorm and pre-packs the weights for oneDNN. On a 2-core CPU
+        (`python -m harness.bench extract --compile`): VGG16 +13 %, ResNet50 +17-23 %, EfficientNet-Lite0
+        +43 % images/s, for 4-19 s of compiling (the most for the first network compiled with a cold
+        Inductor cache): worth it for catalogs of thousands of images, not for a few hundred.
+        """
+        import torch._inductor.config
+
+        if self.compiled_batch:
+            return 0.0
+        # Inductor's own switch; only compiled graphs read it, and only ours are compiled.
+        torch._inductor.config.freezing = True
+        model = self.model
+        self.__dict__["model"] = torch.compile(model, dynamic=False)
+        self.compiled_batch = batch_size
+        t0 = time.perf_counter()
+        try:
+            self.embed(torch.zeros(1, 3, self.input_size, self.input_size, dtype=torch.uint8))
+        except Exception as exc:  # a missing C++ compiler surfaces here, on the first call
+            self.__dict__["model"], self.compiled_batch = model, 0
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise HarnessError(f"extract.compile=true: TorchInductor could not compile {self.arch} "
+                               f"({first}). It needs a C++ compiler (g++); extract.compile=false runs "
+                               f"the network as it is.") from None
+        return time.perf_counter() - t0
+
     @property
     def weights_id(self) -> str:
         if self.weights in ("random", "imagenet"):
@@ -126,8 +158,10 @@ class Backbone:
 
     @functools.cached_property
     def fingerprint(self) -> dict:
+        # Compiled bf16 networks round differently (BatchNorm is folded before the cast): their own features.
+        compiled = {"compiled": True} if self.compile else {}
         return {"family": self.family, "arch": self.arch, "weights": self.weights_id, "node": self.node,
-                "pooling": self.pooling, "precision": self.precision, "input_size": self.input_size}
+                "pooling": self.pooling, "precision": self.precision, "input_size": self.input_size, **compiled}
 
     @functools.cached_property
     def dim(self) -> int:
@@ -137,11 +171,16 @@ class Backbone:
     @torch.inference_mode()
     def embed(self, images: torch.Tensor) -> np.ndarray:
         """uint8 (N, 3, H, W) RGB images → float32 (N, D) features."""
+        n = len(images)
+        if n < self.compiled_batch:
+            images = torch.cat([images, images.new_zeros(self.compiled_batch - n, *images.shape[1:])])
+        elif n > self.compiled_batch > 0:
+            return np.concatenate([self.embed(chunk) for chunk in images.split(self.compiled_batch)])
         x = images.to(self.device, non_blocking=True).float().div_(255.0)
         x = ((x - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             out = self.model(x)["features"]
-        return pool(out.float(), self.pooling).cpu().numpy().astype(np.float32, copy=False)
+        return pool(out[:n].float(), self.pooling).cpu().numpy().astype(np.float32, copy=False)
 
 
 def describe(fingerprint: dict, preprocess: dict) -> tuple[str, str]:
