@@ -158,7 +158,8 @@ class Backbone:
 
     @functools.cached_property
     def fingerprint(self) -> dict:
-        # Compiled bf16 networks round differently (BatchNorm is folded before the cast): their own features.
+        # A compiled network sums in another order (and folds EfficientNet-Lite's BatchNorm before the bf16
+        # cast): close to the eager features, not equal, so they are stored apart.
         compiled = {"compiled": True} if self.compile else {}
         return {"family": self.family, "arch": self.arch, "weights": self.weights_id, "node": self.node,
                 "pooling": self.pooling, "precision": self.precision, "input_size": self.input_size, **compiled}
