@@ -126,7 +126,7 @@ class Backbone:
         so it never recompiles). Returns the seconds the compilation took.
 
         Inductor's freezing folds BatchNorm and pre-packs the weights for oneDNN. On a 2-core CPU
-        (`python -m harness.bench extract --compile`): VGG16 +13 %, ResNet50 +17-23 %, EfficientNet-Lite0
+        (`python -m harness.bench extract --compile`): VGG16 +13 %, ResNet50 +9-23 %, EfficientNet-Lite0
         +43 % images/s, for 4-19 s of compiling (the most for the first network compiled with a cold
         Inductor cache): worth it for catalogs of thousands of images, not for a few hundred.
         """
