@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home: works offline
 
@@ -37,7 +38,9 @@ def run_search(searcher: Searcher, image, k: int, same_category: bool, rerank_co
     if image is None:
         return [], "Upload, paste or take a photo, or pick a catalog example.", history
     try:
-        table = searcher.search([image], k=int(k), within_category=same_category,
+        # Gradio hands over the upload as a file in its own cache (it refuses other paths); reading it is
+        # asked for explicitly with a Path, which no network client can send.
+        table = searcher.search([Path(image)], k=int(k), within_category=same_category,
                                 rerank_column=rerank_column or None, rerank_weight=float(rerank_weight))[0]
     except BadImage as exc:
         return [], f"**Cannot use this file:** {exc}.", history

@@ -90,6 +90,55 @@ def test_rest_api_via_mlflow_models_serve(served):
         assert len(rows) == 5 and rows[0]["item_id"] == item["item_id"] and rows[0]["rank"] == 1
         status, body = post([{"image": base64.b64encode(b"not an image").decode()}])
         assert 400 <= status < 500 and "bad input" in body["message"]
+        # a path on the server is not an image: the same answer whether the file exists or not
+        answers = [post([{"image": name}]) for name in
+                   (str(served["catalog"] / item["path"]), "/etc/passwd", "/no/such/file.jpg")]
+        assert all(status == 400 for status, _ in answers)
+        # (MLflow's message starts by echoing the request itself; what the server says follows "Error:")
+        said = {body["message"].split("Error:", 1)[1] for _, body in answers}
+        assert said == {" bad input: not base64-encoded image data"}
+        status, body = post([{"image": "A" * (16 << 20)}])  # 12 MB once decoded: refused before decoding
+        assert status == 400 and "larger than 10 MB" in body["message"]
+        status, _ = post([{"image": b64(served["catalog"] / item["path"])}])
+        assert status == 200  # and the server is still up
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_a_string_is_never_read_as_a_file(tmp_path):
+    """A client that sends a server path learns nothing: existing and missing files give the same answer."""
+    from pathlib import Path
+
+    from harness.data.images import BadImage
+    from harness.serving import searcher as searcher_mod
+
+    image = tmp_path / "x.png"
+    from PIL import Image
+    Image.new("RGB", (8, 8), (200, 0, 0)).save(image)
+    answers = []
+    for name in (str(image), "/etc/passwd", str(tmp_path / "missing.jpg")):
+        with pytest.raises(BadImage) as err:
+            searcher_mod.decode_upload(name)
+        answers.append(str(err.value))
+    assert answers == ["not base64-encoded image data"] * 3
+    assert searcher_mod.decode_upload(Path(image)).size == (8, 8)  # in-process callers ask with a Path
+
+
+def test_sizes_are_checked_before_reading_or_decoding(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from harness.data.images import BadImage
+    from harness.serving import searcher as searcher_mod
+
+    monkeypatch.setattr(searcher_mod, "MAX_UPLOAD_BYTES", 1000)
+    big = tmp_path / "big.jpg"
+    big.write_bytes(b"\0" * 1001)
+    decoded = []
+    monkeypatch.setattr(searcher_mod.base64, "b64decode", lambda *a, **k: decoded.append(1))
+    with pytest.raises(BadImage, match="larger than"):
+        searcher_mod.decode_upload("A" * 1400)  # base64 of 1,050 bytes: refused before b64decode runs
+    assert decoded == []
+    monkeypatch.setattr(searcher_mod, "open", lambda *a, **k: pytest.fail("read a file over the limit"), raising=False)
+    with pytest.raises(BadImage, match="larger than"):
+        searcher_mod.decode_upload(Path(big))

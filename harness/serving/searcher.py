@@ -10,7 +10,7 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import numpy as np
 import pandas as pd
@@ -45,21 +45,31 @@ class Settings:
 
 
 def decode_upload(value) -> Image.Image:
-    """A base64 string, raw bytes, a file path, a numpy array or a PIL image → RGB image."""
+    """An uploaded image → RGB image.
+
+    Network inputs are base64 strings (a `data:` URL prefix is allowed) or raw bytes. A string is never
+    taken for a file name: a client must not make the server read, or probe for, its files. In-process
+    callers that want a file read pass a `pathlib.Path`. Sizes are checked before anything is read or
+    decoded.
+    """
     if isinstance(value, Image.Image):
         return value.convert("RGB")
     if isinstance(value, np.ndarray):
         if value.dtype != np.uint8 or value.ndim not in (2, 3):
             raise BadImage("array images must be uint8 HxW or HxWxC")
+        if value.nbytes > 4 * MAX_UPLOAD_BYTES:
+            raise BadImage(f"array larger than {4 * MAX_UPLOAD_BYTES >> 20} MB")
         return Image.fromarray(value).convert("RGB")
-    if isinstance(value, str):
-        if len(value) < 4096 and Path(value).is_file():
-            data = Path(value).read_bytes()
-        else:
-            try:
-                data = base64.b64decode(value.split(",", 1)[-1], validate=True)
-            except (binascii.Error, ValueError):
-                raise BadImage("not base64-encoded image data") from None
+    if isinstance(value, PurePath):
+        data = _read_file(Path(value))
+    elif isinstance(value, str):
+        payload = value.split(",", 1)[-1] if value.startswith("data:") else value
+        if len(payload) > 4 * -(-MAX_UPLOAD_BYTES // 3):  # base64 of more than MAX_UPLOAD_BYTES
+            raise BadImage(f"file larger than {MAX_UPLOAD_BYTES >> 20} MB")
+        try:
+            data = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            raise BadImage("not base64-encoded image data") from None
     elif isinstance(value, (bytes, bytearray)):
         data = bytes(value)
     else:
@@ -67,6 +77,16 @@ def decode_upload(value) -> Image.Image:
     if len(data) > MAX_UPLOAD_BYTES:
         raise BadImage(f"file larger than {MAX_UPLOAD_BYTES >> 20} MB")
     return decode_image(data)
+
+
+def _read_file(path: Path) -> bytes:
+    try:
+        if path.stat().st_size > MAX_UPLOAD_BYTES:
+            raise BadImage(f"file larger than {MAX_UPLOAD_BYTES >> 20} MB")
+        with open(path, "rb") as fh:
+            return fh.read(MAX_UPLOAD_BYTES + 1)
+    except OSError as exc:
+        raise BadImage(f"unreadable ({exc.strerror})") from None
 
 
 class Searcher:
