@@ -46,11 +46,11 @@ def run_search(searcher: Searcher, image, k: int, same_category: bool, rerank_co
         return [], f"**Cannot use this file:** {exc}.", history
     levels = searcher.settings.levels
     gallery = []
-    for row in table.itertuples():
+    for row, path in zip(table.itertuples(), searcher.path_of(table["item_id"])):
         caption = " / ".join(str(getattr(row, lv)) for lv in levels) + f" · sim {row.similarity:.3f}"
         if rerank_column:
             caption += f" · {rerank_column} {row.business_score:g}"
-        gallery.append((row.path, f"#{row.rank} {row.item_id}: {caption}"))
+        gallery.append((path, f"#{row.rank} {row.item_id}: {caption}"))
     status = f"Top {len(table)} products."
     if same_category:
         status += f" Predicted category: **{table['predicted_category'].iloc[0]}**."

@@ -4,15 +4,14 @@
 
 With no overrides this is `make run`'s job (Fashion-MNIST: a stratified 5,000 training images as
 catalog, 1,000 test images as queries) with `seed` = 0 … n-1, which draws other images and changes
-nothing else. Features are reused from the project's feature store; runs are logged to a temporary
-MLflow store. Writes experiments/bench/subsets.json: per-seed precision@k, mean, sd, min, max.
+nothing else. Features are reused from the project's feature store; nothing is logged to MLflow
+(`tracking.enabled=false`). Writes experiments/bench/subsets.json: per-seed precision@k, mean, sd, min, max.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
-import tempfile
 
 import numpy as np
 
@@ -29,15 +28,13 @@ def main():
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for seed in range(args.seeds):
-            cfg = compose_config(*args.overrides, f"seed={seed}", f"tracking.uri=sqlite:///{tmp}/mlflow.db",
-                                 f"tracking.artifact_root={tmp}/artifacts", "extract.progress=false",
-                                 "serving.log_model=false", "serving.register=false")
-            metrics = run(cfg)
-            keys = sorted(key for key in metrics if key.endswith(f"_precision_at_{cfg.k}"))
-            rows.append({"seed": seed, **{key: round(metrics[key], 4) for key in keys}})
-            print(rows[-1], flush=True)
+    for seed in range(args.seeds):
+        cfg = compose_config(*args.overrides, f"seed={seed}", "tracking.enabled=false", "extract.progress=false",
+                             "serving.log_model=false")
+        metrics = run(cfg)
+        keys = sorted(key for key in metrics if key.endswith(f"_precision_at_{cfg.k}"))
+        rows.append({"seed": seed, **{key: round(metrics[key], 4) for key in keys}})
+        print(rows[-1], flush=True)
     summary = {}
     for key in rows[0]:
         if key != "seed":

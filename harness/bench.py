@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from harness.backbones import build_backbone
 from harness.config import ROOT, compose_config, instantiate
 from harness.data.images import decode_image
 from harness.extract import extract
@@ -37,11 +38,9 @@ def machine() -> dict:
             "python": platform.python_version()}
 
 
-load_cfg = compose_config
-
 
 def catalog_paths(root: Path, limit: int | None) -> list[str]:
-    cfg = load_cfg("dataset=products", f"dataset.root={root}", f"dataset.limit={limit or 'null'}")
+    cfg = compose_config("dataset=products", f"dataset.root={root}", f"dataset.limit={limit or 'null'}")
     return instantiate(cfg.dataset).load().items["path"].tolist()
 
 
@@ -62,8 +61,7 @@ def plain_loop(backbone, preprocess, paths: list[str]) -> float:
 
 def harness_path(cfg, paths: list[str], batch_size: int, precision: str = "auto", compile: bool = False):
     """`extract` into an empty store, as a run does. Returns its Features (rates from embed_seconds)."""
-    backbone = instantiate(cfg.backbone, layer=cfg.layer.name, pooling=cfg.layer.pooling, precision=precision,
-                           compile=compile)
+    backbone = build_backbone(cfg, precision=precision, compile=compile)
     with tempfile.TemporaryDirectory() as tmp:
         store = FeatureStore(str(Path(tmp) / "f.sqlite"))
         feats = extract(paths, backbone, instantiate(cfg.preprocess), store, batch_size=batch_size,
@@ -85,10 +83,10 @@ def bench_extract(args) -> list[dict]:
     rows = []
     for name in args.backbones:
         weights = "imagenet" if name == "efficientnet_lite0" else "random"
-        cfg = load_cfg(f"backbone={name}", f"backbone.weights={weights}")
+        cfg = compose_config(f"backbone={name}", f"backbone.weights={weights}")
         n = args.images if name != "vgg16" and name != "vgg19" else min(args.images, 512)
         paths = catalog_paths(args.catalog, n)
-        backbone = instantiate(cfg.backbone, layer=cfg.layer.name, pooling=cfg.layer.pooling)
+        backbone = build_backbone(cfg)
         plain = plain_loop(backbone, instantiate(cfg.preprocess), paths[: args.plain_images])
         for bs in args.batch_sizes:
             for compile in (False, True) if args.compile else (False,):
@@ -101,7 +99,7 @@ def bench_extract(args) -> list[dict]:
                              "plain_fp32_images_per_s": round(plain, 1), "speedup": round(ips / plain, 2)})
                 print(rows[-1], flush=True)
     if args.agreement:
-        cfg = load_cfg("backbone=efficientnet_lite0")
+        cfg = compose_config("backbone=efficientnet_lite0")
         paths = catalog_paths(args.catalog, None)
         bf16 = harness_path(cfg, paths, args.batch_sizes[0], "bf16").emb
         fp32 = harness_path(cfg, paths, args.batch_sizes[0], "fp32").emb
@@ -131,8 +129,8 @@ def bench_peak(args) -> list[dict]:
     rows = [{"backbone": "GEMM 4096^3", **{f"{p}_gemm_gflops": round(v, 1) for p, v in peak.items()}}]
     print(rows[-1], flush=True)
     for name in args.backbones:
-        cfg = load_cfg(f"backbone={name}", "backbone.weights=random", "backbone.precision=bf16")
-        backbone = instantiate(cfg.backbone, layer=cfg.layer.name, pooling=cfg.layer.pooling)
+        cfg = compose_config(f"backbone={name}", "backbone.weights=random", "backbone.precision=bf16")
+        backbone = build_backbone(cfg)
         images = torch.randint(0, 256, (args.batch_size, 3, backbone.input_size, backbone.input_size), dtype=torch.uint8)
         with FlopCounterMode(display=False) as counter:
             backbone.embed(images[:1])
@@ -192,7 +190,7 @@ def bench_search(args) -> list[dict]:
         for d in args.dims:
             ref, query = clustered(n, d, 0), clustered(args.queries, d, 1)
             for name in args.metrics:
-                metric = instantiate(load_cfg(f"metric={name}", *[f"metric.{k}={v}" for k, v in METRICS[name].items()]).metric)
+                metric = instantiate(compose_config(f"metric={name}", *[f"metric.{k}={v}" for k, v in METRICS[name].items()]).metric)
                 index, build_s, _ = _timed(build_index, ref, metric)
                 (dist, idx), secs, mem = _timed(index.search, query, args.k)
                 del index
@@ -265,7 +263,7 @@ def bench_grid(args) -> list[dict]:
     paths = catalog_paths(args.catalog, None)
     t0 = time.perf_counter()
     for name in args.backbones:
-        cfg = load_cfg(f"backbone={name}", "backbone.weights=random")
+        cfg = compose_config(f"backbone={name}", "backbone.weights=random")
         harness_path(cfg, paths, cfg.extract.batch_size)
     extract_s = time.perf_counter() - t0
     row = {"runs": 6 * len(args.backbones), "backbones": " ".join(args.backbones), "images": len(paths),
@@ -279,13 +277,14 @@ def products_searcher(catalog: Path, *overrides: str):
     """A Searcher over the whole products catalog, features from (or into) the project's store."""
     from harness.serving.searcher import Searcher, Settings
 
-    cfg = load_cfg("dataset=products", f"dataset.root={catalog}", *overrides)
-    items = instantiate(cfg.dataset).load().items
-    backbone = instantiate(cfg.backbone, layer=cfg.layer.name, pooling=cfg.layer.pooling)
+    cfg = compose_config("dataset=products", f"dataset.root={catalog}", *overrides)
+    catalog = instantiate(cfg.dataset).load()
+    items = catalog.items
+    backbone = build_backbone(cfg)
     store = FeatureStore(cfg.store.path, cfg.store.dtype)
     feats = extract(items["path"].tolist(), backbone, instantiate(cfg.preprocess), store, progress=False)
     store.close()
-    settings = Settings.from_cfg(cfg, {"run_id": "bench"})
+    settings = Settings.from_cfg(cfg, catalog.root, {"run_id": "bench"})
     return Searcher(settings, items[feats.valid], feats.emb[feats.valid]), items
 
 

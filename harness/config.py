@@ -22,7 +22,9 @@ def compose_config(*overrides: str):
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+        cfg = compose("config", overrides=list(overrides))
+    validate(cfg)
+    return cfg
 
 
 def instantiate(spec, **kwargs):
@@ -36,3 +38,22 @@ def instantiate(spec, **kwargs):
         if cause is not None:
             raise cause from None
         raise
+
+
+def _whole(value, name: str, minimum: int, allow_none: bool = False):
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        also = ", or null" if allow_none else ""
+        raise HarnessError(f"{name} must be a whole number >= {minimum}{also}; got {value!r}.")
+
+
+def validate(cfg) -> None:
+    """The settings that would otherwise run and log nonsense (NaN scores, 'all' for a limit of 0):
+    one clear line each, before anything is read, extracted or logged."""
+    _whole(cfg.k, "k", 1)
+    _whole(cfg.dataset.get("limit"), "dataset.limit", 1, allow_none=True)
+    _whole(cfg.extract.batch_size, "extract.batch_size", 1)
+    _whole(cfg.extract.num_workers, "extract.num_workers", 0)
+    if cfg.store.dtype not in ("float32", "float16"):
+        raise HarnessError(f"store.dtype must be float32 or float16; got {cfg.store.dtype!r}.")

@@ -29,6 +29,16 @@ class Features:
     fingerprint: str = ""
     hashes: list = field(default_factory=list)  # content hash per image (None if unreadable)
 
+    def metrics(self) -> dict[str, float]:
+        """What a run logs about its feature stage; images/s excludes compiling and counts decoding."""
+        out = {"feature_dim": self.emb.shape[1], "extract_seconds": self.seconds,
+               "images_extracted": self.extracted, "skipped_images": len(self.skipped)}
+        if self.extracted:
+            out["images_per_second"] = self.extracted / self.embed_seconds
+        if self.compile_seconds:
+            out["compile_seconds"] = self.compile_seconds
+        return out
+
 
 class _Decode(Dataset):
     """Worker-side: read, decode, preprocess → uint8 CHW tensor (or the reason it failed)."""

@@ -1,7 +1,8 @@
 """Protocols decide which images are queries; the rest of the catalog is what they search.
 
-Each protocol returns the (possibly extended) catalog and a list of folds; a query is never in
-its own fold's reference set, so it never retrieves itself.
+`split(catalog)` returns the (possibly extended) catalog and a list of folds. A query is never in
+its own fold's references, so it never retrieves itself; distractors (`distractor` column) join
+every fold's references and are never queries. A subclass only splits the products (`_split`).
 """
 from __future__ import annotations
 
@@ -22,7 +23,27 @@ class Fold:
 
 class Protocol:
     def split(self, catalog: Catalog) -> tuple[Catalog, list[Fold]]:
+        is_distractor = catalog.is_distractor
+        if not is_distractor.any():
+            return self._split(catalog)
+        products, folds = self._split(catalog.subset(~is_distractor))
+        items = pd.concat([products.items.assign(distractor=False), catalog.items[is_distractor]],
+                          ignore_index=True)
+        extra = np.arange(len(products), len(items))
+        return (Catalog(items, products.levels, products.source, products.root),
+                [Fold(f.query_idx, np.concatenate([f.ref_idx, extra])) for f in folds])
+
+    def _split(self, catalog: Catalog) -> tuple[Catalog, list[Fold]]:
         raise NotImplementedError
+
+
+def restrict(catalog: Catalog, folds: list[Fold], keep: np.ndarray) -> tuple[Catalog, list[Fold]]:
+    """The catalog without the rows where `keep` is False (unreadable images), folds renumbered."""
+    if keep.all():
+        return catalog, folds
+    new_row = np.cumsum(keep) - 1
+    return catalog.subset(keep), [Fold(new_row[f.query_idx[keep[f.query_idx]]], new_row[f.ref_idx[keep[f.ref_idx]]])
+                                  for f in folds]
 
 
 def _fold_from_mask(is_query: np.ndarray) -> Fold:
@@ -37,7 +58,7 @@ class Holdout(Protocol):
             raise HarnessError(f"protocol.query_fraction must be in (0, 1), got {query_fraction}.")
         self.query_fraction, self.seed = query_fraction, seed
 
-    def split(self, catalog):
+    def _split(self, catalog):
         n = len(catalog)
         n_query = max(1, int(round(self.query_fraction * n)))
         order = stratified_order(catalog.items[catalog.levels[-1]], self.seed)
@@ -49,7 +70,7 @@ class Holdout(Protocol):
 class Predefined(Protocol):
     """The dataset's own split column (Fashion-MNIST: train = catalog, test = queries)."""
 
-    def split(self, catalog):
+    def _split(self, catalog):
         if "split" not in catalog.items.columns:
             raise HarnessError("protocol=predefined needs a dataset with a 'split' column (catalog/query); "
                                "use protocol=holdout, kfold or queries instead.")
@@ -62,13 +83,14 @@ class Queries(Protocol):
     def __init__(self, root: str | None = None):
         self.root = root
 
-    def split(self, catalog):
+    def _split(self, catalog):
         if not self.root:
             raise HarnessError("protocol=queries needs protocol.root=DIR holding the query images.")
-        queries = FolderOrManifest(self.root, catalog.levels).load().items
-        items = pd.concat([catalog.items.assign(split="catalog"), queries.assign(split="query")],
+        queries = FolderOrManifest(self.root, catalog.levels).load()
+        items = pd.concat([catalog.items.assign(split="catalog"),
+                           queries.items.assign(split="query", item_id="query/" + queries.items["item_id"])],
                           ignore_index=True)
-        return Predefined().split(Catalog(items, catalog.levels))
+        return Predefined()._split(Catalog(items, catalog.levels, catalog.source, catalog.root))
 
 
 class KFold(Protocol):
@@ -79,7 +101,9 @@ class KFold(Protocol):
             raise HarnessError(f"protocol.folds must be at least 2, got {folds}.")
         self.folds, self.seed = folds, seed
 
-    def split(self, catalog):
+    def _split(self, catalog):
+        if self.folds > len(catalog):
+            raise HarnessError(f"protocol.folds={self.folds} is more than the {len(catalog)} images of the catalog.")
         order = stratified_order(catalog.items[catalog.levels[-1]], self.seed)
         assignment = np.empty(len(catalog), dtype=int)
         assignment[order] = np.arange(len(catalog)) % self.folds

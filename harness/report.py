@@ -11,18 +11,27 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from hydra.utils import get_class
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+from harness import tracking
+from harness.config import ROOT, compose_config
+from harness.errors import HarnessError
 
-from harness import tracking  # noqa: E402
-from harness.config import ROOT, compose_config  # noqa: E402
-from harness.errors import HarnessError  # noqa: E402
 
-LOWER_IS_BETTER = ("texture_chi2",)
+def lower_is_better(children: list[dict]) -> tuple[str, ...]:
+    """Metric-name prefixes the runs' own evaluators declare lower-is-better (read from their params)."""
+    prefixes = set()
+    for child in children:
+        for key, target in child["params"].items():
+            if key.startswith("evaluator.") and key.endswith("._target_"):
+                try:
+                    prefixes.update(get_class(target).lower_is_better)
+                except Exception:  # an evaluator class that no longer exists: its metrics default to higher
+                    pass
+    return tuple(sorted(prefixes))
 
 
 def describe(params: dict) -> dict:
@@ -72,12 +81,13 @@ def build(children: list[dict], selection: str, k: int, tmp: Path) -> tuple[pd.D
     return table, cols, {"best": best, "intervals": intervals}
 
 
-def markdown(table: pd.DataFrame, cols: list[str], extra: dict, selection: str, sweep: str) -> str:
+def markdown(table: pd.DataFrame, cols: list[str], extra: dict, selection: str, sweep: str,
+             lower: tuple[str, ...] = ()) -> str:
     fmt = []
     for _, r in table.iterrows():
         cells = [r.backbone, r.layer, r.preprocess, r.metric]
         for c in cols:
-            best = table[c].min() if c.startswith(LOWER_IS_BETTER) else table[c].max()
+            best = table[c].min() if c.startswith(lower) else table[c].max()
             txt = f"{r[c]:.4f}" + (f" ± {r[f'{c}_std']:.4f}" if pd.notna(r[f"{c}_std"]) else "")
             cells.append(f"**{txt}**" if np.isclose(r[c], best) else txt)
         iv = extra["intervals"].get(r.run_id)
@@ -88,7 +98,7 @@ def markdown(table: pd.DataFrame, cols: list[str], extra: dict, selection: str, 
     return "\n".join([
         f"# Sweep {sweep}", "",
         f"{len(table)} runs. Cells: mean ± std over folds where the run has folds. **Bold**: best per column "
-        "(lowest for texture χ², highest otherwise). Last column: paired bootstrap (2,000 resamples) 95 % "
+        f"(lowest for {', '.join(lower) or 'none'}, highest otherwise). Last column: paired bootstrap (2,000 resamples) 95 % "
         "interval of per-query precision minus the best run's; an interval excluding 0 is a real gap.", "",
         "| " + " | ".join(head) + " |", "|" + "---|" * len(head), *fmt, "",
         "![precision](precision.png)", "", *(["![colour and texture](color_texture.png)"] if "color_correlation_mean" in cols else []),
@@ -102,7 +112,8 @@ def charts(table: pd.DataFrame, cols: list[str], out: Path, sweep: str) -> list[
                         ("color_texture", [c for c in cols if c.startswith(("color", "texture"))])):
         if not group:
             continue
-        fig, axes = plt.subplots(1, len(group), figsize=(max(6, 0.55 * len(table)) * len(group) / 1.6, 3.6), squeeze=False)
+        fig = Figure(figsize=(max(6, 0.55 * len(table)) * len(group) / 1.6, 3.6))
+        axes = fig.subplots(1, len(group), squeeze=False)
         for ax, c in zip(axes[0], group):
             ax.bar(range(len(table)), table[c], yerr=table[f"{c}_std"].fillna(0), color="tab:blue", capsize=2)
             ax.set_xticks(range(len(table)), labels, rotation=90, fontsize=7)
@@ -110,7 +121,6 @@ def charts(table: pd.DataFrame, cols: list[str], out: Path, sweep: str) -> list[
         fig.tight_layout()
         path = out / f"{sweep}_{name}.png"
         fig.savefig(path, dpi=110)
-        plt.close(fig)
         paths.append(path)
     return paths
 
@@ -131,7 +141,7 @@ def main(argv=None) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         table, cols, extra = build(children, cfg.selection.metric, int(cfg.k), Path(tmp))
     pngs = charts(table, cols, args.out, sweep)
-    text = markdown(table, cols, extra, cfg.selection.metric, sweep)
+    text = markdown(table, cols, extra, cfg.selection.metric, sweep, lower_is_better(children))
     for png in pngs:
         text = text.replace(f"({png.name.split('_', 1)[1]})", f"({png.name})")
     report = args.out / f"{sweep}.md"

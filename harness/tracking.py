@@ -8,12 +8,15 @@ import importlib.metadata
 import logging
 import math
 import os
-import warnings
 import sys
+import tempfile
+import uuid
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 from hydra.experimental.callback import Callback
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
@@ -53,31 +56,81 @@ def flatten(cfg: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
+def enabled(cfg) -> bool:
+    """`tracking=null` or `tracking.enabled=false`: run without MLflow (metrics are returned only)."""
+    spec = cfg.get("tracking")
+    return spec is not None and bool(spec.get("enabled", True))
+
+
+def _write(obj, path: Path) -> None:
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    if isinstance(obj, pd.DataFrame):
+        obj.to_csv(path, index=False)
+    elif isinstance(obj, Figure):
+        obj.savefig(path, dpi=110, bbox_inches="tight")
+    elif isinstance(obj, Image.Image):
+        obj.save(path)
+    else:
+        raise TypeError(f"cannot write artifact {path.name} of type {type(obj).__name__}")
+
+
+class Job:
+    """One run as MLflow sees it; the rest of the harness logs through this and nothing else."""
+    tracked = True
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        finite = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+        mlflow.log_metrics(finite, step=step)
+
+    def log_folds(self, per_fold: list[dict[str, float]]) -> None:
+        for fold, metrics in enumerate(per_fold):  # own keys: MLflow shows a key's highest step
+            self.log_metrics({f"fold/{key}": v for key, v in metrics.items()}, step=fold)
+
+    def log_artifacts(self, artifacts: dict) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, obj in artifacts.items():
+                _write(obj, Path(tmp) / name)
+            mlflow.log_artifacts(tmp)
+
+    def log_search_model(self, directory: Path, register_as: str | None) -> str:
+        return log_search_model(directory, register_as)
+
+
+class LocalJob(Job):
+    """tracking disabled: nothing leaves the process (the neighbours still go to the feature store)."""
+    tracked = False
+
+    def __init__(self):
+        super().__init__(f"local-{uuid.uuid4().hex[:12]}")
+
+    def log_metrics(self, metrics, step=None):
+        pass
+
+    def log_artifacts(self, artifacts):
+        pass
+
+    def log_search_model(self, directory, register_as):
+        raise HarnessError("serving.log_model needs tracking (an MLflow store to log the model to).")
+
+
 @contextmanager
 def job_run(cfg: DictConfig, run_name: str):
     """One MLflow run per job, nested under the sweep's run during a multirun."""
+    if not enabled(cfg):
+        yield LocalJob()
+        return
     configure(cfg.tracking)
     parent = os.environ.get(SWEEP_ENV)
     with mlflow.start_run(run_name=run_name, parent_run_id=parent) as run:
         resolved = OmegaConf.to_container(cfg, resolve=True)
         mlflow.log_params({k: v[:6000] for k, v in flatten(resolved).items()})
         mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
-        yield run.info.run_id
-
-
-def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
-    finite = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
-    mlflow.log_metrics(finite, step=step)
-
-
-def log_artifacts(paths: list[Path], subdir: str | None = None) -> None:
-    for path in paths:
-        mlflow.log_artifact(str(path), artifact_path=subdir)
-
-
-def run_url(run_id: str) -> str:
-    run = MlflowClient().get_run(run_id)
-    return f"experiment {run.info.experiment_id}, run {run_id}"
+        yield Job(run.info.run_id)
 
 
 class SweepCallback(Callback):
@@ -91,6 +144,8 @@ class SweepCallback(Callback):
             self.failures.append(" ".join(config.hydra.overrides.task))
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        if not enabled(config):
+            return
         exp_id = configure(config.tracking)
         overrides = " ".join(config.hydra.overrides.task)
         run = MlflowClient().create_run(exp_id, run_name=f"sweep {overrides}".strip(),
@@ -156,7 +211,7 @@ MODEL_CODE = Path(__file__).resolve().parent / "serving" / "mlflow_model.py"
 
 def _model_requirements() -> list[str] | None:
     """The project's own runtime requirements. Left to itself, MLflow infers them by importing the model
-    in a subprocess: ~8 s per run, most of a cached sweep job."""
+    in a subprocess, which costs most of a cached sweep job."""
     try:
         requires = importlib.metadata.requires(DISTRIBUTION) or []
     except importlib.metadata.PackageNotFoundError:  # running from a source tree that was never installed

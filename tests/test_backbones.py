@@ -3,14 +3,12 @@ from urllib.error import URLError
 import numpy as np
 import pytest
 import torch
-from harness.config import instantiate
-
+from harness.backbones import build_backbone
 from harness.errors import HarnessError
 
 
 def make(cfg_factory, *overrides):
-    cfg = cfg_factory(*overrides)
-    return instantiate(cfg.backbone, layer=cfg.layer.name, pooling=cfg.layer.pooling)
+    return build_backbone(cfg_factory(*overrides))
 
 
 @pytest.mark.parametrize("name,layer,dim", [

@@ -160,13 +160,31 @@ def test_kfold_ranking_and_distractors(tmp_path, catalog_dir):
     [run] = runs(tmp_path)
     m = run.data.metrics
     assert m["n_queries"] == 54 and m["folds"] == 3  # distractors are never queries
-    assert 0 <= m["distractor_rate_at_5"] <= 1
     for level in ("category", "subcategory"):
-        for name in ("recall_at_5", "map_at_r", "r_precision", "mrr", "average_precision", "precision_at_5"):
-            key = f"{level}_{name}"
-            assert 0 <= m[key] <= 1 and {f"{key}_mean", f"{key}_std", f"{key}_cv"} <= set(m)
+        for name in ("recall_at_5", "map_at_r", "r_precision", "mrr", "map", "pooled_average_precision",
+                     "precision_at_5"):
+            assert {f"{level}_{name}", f"{level}_{name}_mean", f"{level}_{name}_std", f"{level}_{name}_cv"} <= set(m)
+    # the logged scores are the stored neighbours' scores, exactly
+    with sqlite3.connect(tmp_path / "mlruns" / "features.sqlite") as db:
+        rows = pd.read_sql("SELECT query, rank, neighbour FROM neighbours WHERE run_id = ?", db, params=(run.info.run_id,))
+    assert len(rows) == 54 * 5
+    assert m["distractor_rate_at_5"] == rows["neighbour"].str.startswith("distractor/").mean()
+    labels = pd.read_csv(catalog_dir / "manifest.csv").set_index("item_id")["subcategory"]
+    same = rows["neighbour"].map(labels) == rows["query"].map(labels)
+    assert m["subcategory_precision_at_5"] == pytest.approx(same.mean(), abs=1e-12)
     history = client(tmp_path).get_metric_history(run.info.run_id, "fold/subcategory_precision_at_5")
     assert sorted(h.step for h in history) == [0, 1, 2]
     assert m["subcategory_precision_at_5_mean"] == pytest.approx(sum(h.value for h in history) / 3)
     arts = {a.path for a in client(tmp_path).list_artifacts(run.info.run_id)}
-    assert "precision_recall.png" in arts
+    assert {"precision_recall.png", "per_query.csv", "skipped_images.csv"} <= arts
+
+
+def test_within_category_keeps_every_neighbour_in_the_query_category(tmp_path, catalog_dir):
+    harness(tmp_path, "dataset=products", f"dataset.root={catalog_dir}", "search.within_category=true",
+            "backbone=resnet50", "backbone.weights=random", "serving.log_model=false")
+    [run] = runs(tmp_path)
+    with sqlite3.connect(tmp_path / "mlruns" / "features.sqlite") as db:
+        rows = pd.read_sql("SELECT query, neighbour FROM neighbours WHERE run_id = ?", db, params=(run.info.run_id,))
+    category = pd.read_csv(catalog_dir / "manifest.csv").set_index("item_id")["category"]
+    assert (rows["query"].map(category) == rows["neighbour"].map(category)).all() and len(rows) == 5 * 5
+    assert run.data.metrics["category_precision_at_5"] == 1.0

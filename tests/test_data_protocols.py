@@ -91,3 +91,32 @@ def test_fashion_mnist_reads_debian_idx_files(cfg_factory, tmp_path):
     raw_items = instantiate(cfg_factory(*cfg_args, "dataset.photo=false").dataset).load().items
     raw_first = raw_items[raw_items.item_id == first.item_id].iloc[0]
     np.testing.assert_array_equal(np.asarray(Image.open(raw_first.path)), source)
+
+
+def test_catalog_contract_is_checked_when_a_dataset_loads(cfg_factory, tmp_path):
+    root = tmp_path / "shop"
+    root.mkdir()
+
+    def load(manifest: str, *overrides):
+        (root / "manifest.csv").write_text(manifest)
+        return instantiate(cfg_factory("dataset=products", f"dataset.root={root}", *overrides).dataset).load()
+
+    with pytest.raises(HarnessError, match=r"manifest.csv has no 'path' column; columns: file, category"):
+        load("file,category,subcategory\na.jpg,x,y\n")
+    with pytest.raises(HarnessError, match=r"manifest.csv: column 'item_id' must be unique .* e.g. '7'"):
+        load("path,category,subcategory,item_id\na.jpg,x,y,7\nb.jpg,x,y,7\n")
+    with pytest.raises(HarnessError, match=r"manifest.csv: column 'path' is empty in 1 row"):
+        load("path,category,subcategory\na.jpg,x,y\n,x,y\n")
+    with pytest.raises(HarnessError, match="dataset.limit must be a whole number >= 1, or null; got 0"):
+        load("path,category,subcategory\na.jpg,x,y\n", "dataset.limit=0")
+    ids = load("path,category,subcategory\nimages/a.jpg,x,y\nimages/b.jpg,x,y\n").items["item_id"]
+    assert ids.tolist() == ["images/a.jpg", "images/b.jpg"]  # no item_id column: the relative path
+
+
+def test_folder_tree_files_sharing_a_stem_get_distinct_ids(cfg_factory, tmp_path):
+    tree = tmp_path / "tree"
+    for rel in ["Shoes/Sneakers/1.jpg", "Shoes/Boots/1.jpg", "Bags/Totes/1.jpg"]:
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tree / rel)
+    items = instantiate(cfg_factory("dataset=products", f"dataset.root={tree}").dataset).load().items
+    assert sorted(items["item_id"]) == ["Bags/Totes/1.jpg", "Shoes/Boots/1.jpg", "Shoes/Sneakers/1.jpg"]

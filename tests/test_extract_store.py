@@ -1,6 +1,7 @@
 import numpy as np
 import torch
 
+from harness.backbones import build_backbone
 from harness.config import instantiate
 from harness.extract import extract
 from harness.store import FeatureStore
@@ -8,8 +9,7 @@ from harness.store import FeatureStore
 
 def parts(cfg_factory, *overrides):
     cfg = cfg_factory("backbone=resnet50", "backbone.weights=random", "layer=logits", *overrides)
-    return (instantiate(cfg.backbone, layer=cfg.layer.name, pooling=cfg.layer.pooling),
-            instantiate(cfg.preprocess))
+    return build_backbone(cfg), instantiate(cfg.preprocess)
 
 
 def test_store_resumes_and_reuses(cfg_factory, catalog_dir, tmp_path):
@@ -54,7 +54,7 @@ def test_compiled_extraction_matches_eager_without_recompiling(cfg_factory, cata
     store = FeatureStore(str(tmp_path / "f.sqlite"))
     eager = extract(paths, *parts(cfg_factory, *overrides), store, batch_size=4, num_workers=0, progress=False)
     cfg = cfg_factory("backbone=resnet50", "backbone.weights=random", "layer=logits", *overrides)
-    backbone = instantiate(cfg.backbone, layer=cfg.layer.name, pooling=cfg.layer.pooling, compile=True)
+    backbone = build_backbone(cfg, compile=True)
     # 11 images in batches of 4 end with a batch of 3: padded to 4, so one graph serves every batch
     with torch._dynamo.config.patch(error_on_recompile=True):
         compiled = extract(paths, backbone, instantiate(cfg.preprocess), store, batch_size=4, num_workers=0,

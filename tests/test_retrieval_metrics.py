@@ -9,7 +9,7 @@ from harness.metrics import retrieval
 def test_precision_hand_computed():
     query = np.array(["a", "b"])
     neighbours = np.array([["a", "a", "b"], ["a", "b", "b"]])
-    rel = retrieval.relevance(query, neighbours)
+    rel = neighbours == query[:, None]
     assert rel.tolist() == [[True, True, False], [False, True, True]]
     assert retrieval.precision_at_k(rel) == 4 / 6
     assert retrieval.precision_per_rank(rel).tolist() == [0.5, 1.0, 0.5]
@@ -23,7 +23,8 @@ def test_evaluator_names_and_missing_neighbours():
     query = pd.DataFrame({"category": ["x"], "subcategory": ["x1"]})
     # -1: the query's category had fewer than k candidates; such a slot never counts as relevant
     items = pd.concat([ref, query], ignore_index=True)
-    ctx = EvalContext(items, np.array([3]), np.array([[0, 1, -1]]), np.zeros((1, 3)), ["category", "subcategory"], 3)
+    ctx = EvalContext(items, ["category", "subcategory"], 3, np.array([3]), np.array([[0, 1, -1]]), np.zeros((1, 3)),
+                      [(0, np.array([0]), np.array([0, 1, 2]))])
     out = PrecisionAtK().evaluate(ctx)
     assert out["category_precision_at_3"] == 2 / 3
     assert out["subcategory_precision_at_3"] == 1 / 3
@@ -64,10 +65,12 @@ def test_pr_curve_and_average_precision_hand_computed():
     # pairs nearest first; the 2nd and 3rd are tied, so they form one threshold
     rel = np.array([1, 0, 1, 0, 1], dtype=bool)
     dist = np.array([0.1, 0.2, 0.2, 0.3, 0.4])
-    precision, recall = retrieval.pr_curve(rel, retrieval.tie_ends(dist))
+    ends = retrieval.tie_ends(dist)
+    hits = retrieval.hits_at(rel, ends)
+    precision, recall = retrieval.curve_from_hits(hits, ends)
     assert precision.tolist() == [1.0, 2 / 3, 2 / 4, 3 / 5]
     assert recall.tolist() == [1 / 3, 2 / 3, 2 / 3, 1.0]
-    assert retrieval.average_precision(precision, recall) == pytest.approx(1 / 3 + (1 / 3) * (2 / 3) + (1 / 3) * (3 / 5))
+    assert retrieval.average_precision_from_hits(hits, ends) == pytest.approx(1 / 3 + (1 / 3) * (2 / 3) + (1 / 3) * (3 / 5))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -79,9 +82,8 @@ def test_pr_curve_and_average_precision_match_scikit_learn(seed):
     rel = rng.random(500) < 0.3
     order = np.argsort(dist, kind="stable")
     ends = retrieval.tie_ends(dist[order])
-    precision, recall = retrieval.pr_curve(rel[order], ends)
-    assert retrieval.average_precision(precision, recall) == pytest.approx(average_precision_score(rel, -dist), abs=1e-12)
     hits = retrieval.hits_at(rel[order], ends)
+    precision, recall = retrieval.curve_from_hits(hits, ends)
     assert retrieval.average_precision_from_hits(hits, ends) == pytest.approx(average_precision_score(rel, -dist), abs=1e-12)
     sk_precision, sk_recall, _ = precision_recall_curve(rel, -dist)
     # scikit-learn: recall decreasing, a final (precision 1, recall 0) point, thresholds past full recall dropped

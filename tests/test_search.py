@@ -60,10 +60,11 @@ def test_approximate_indexes_recall_on_clustered_data(kind, name, cfg_factory):
     ref = (centres[rng.integers(0, 20, 4000)] + rng.normal(size=(4000, 32))).astype(np.float32)
     query = (centres[rng.integers(0, 20, 100)] + rng.normal(size=(100, 32))).astype(np.float32)
     exact_dist, exact = build_index(ref, metric).search(query, 5)
-    approx_dist, approx = build_index(ref, metric, kind, nprobe=8).search(query, 5)
+    params = {"nprobe": 8} if kind == "ivf" else {}
+    approx_dist, approx = build_index(ref, metric, kind, **params).search(query, 5)
     recall = np.mean([len(set(a) & set(e)) / 5 for a, e in zip(approx, exact)])
     assert recall >= 0.9
-    deep_dist, deep = build_index(ref, metric, kind, nprobe=8).search(query, 1000)  # the ranking evaluator's depth
+    deep_dist, deep = build_index(ref, metric, kind, **params).search(query, 1000)  # the ranking evaluator's depth
     found = deep >= 0  # an approximate index may find fewer than k: -1 and inf after the last one found
     assert deep.shape == (100, 1000) and np.all(np.isinf(deep_dist[~found])) and found[:, :5].all()
     assert all(np.all(np.diff(d[f]) >= 0) for d, f in zip(deep_dist, found))
@@ -74,7 +75,38 @@ def test_approximate_indexes_recall_on_clustered_data(kind, name, cfg_factory):
                                    rtol=1e-4, atol=1e-4)
 
 
-def test_approximate_index_refuses_metrics_it_cannot_do(cfg_factory):
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_approximate_index_refuses_metrics_it_cannot_do(cfg_factory, kind):
     from harness.errors import HarnessError
-    with pytest.raises(HarnessError, match="search.index=exact"):
-        build_index(np.zeros((10, 4), np.float32), instantiate(cfg_factory("metric=manhattan").metric), "ivf")
+    from harness.metrics.distances import Distance
+
+    class Canberra(Distance):  # a new metric that declares no FAISS metric
+        name = "canberra"
+
+    for metric in (instantiate(cfg_factory("metric=manhattan").metric), Canberra()):
+        with pytest.raises(HarnessError, match="use search.index=exact"):
+            build_index(np.ones((10, 4), np.float32), metric, kind)
+
+
+def test_index_parameters_are_checked(cfg_factory):
+    from harness.errors import HarnessError
+
+    cosine = instantiate(cfg_factory().metric)
+    with pytest.raises(HarnessError, match="unknown key.* nprob for search.index=ivf; accepted: nlist, nprobe"):
+        build_index(np.ones((10, 4), np.float32), cosine, "ivf", nprob=4)
+    with pytest.raises(HarnessError, match="accepted: none"):
+        build_index(np.ones((10, 4), np.float32), cosine, "exact", nprobe=4)
+    with pytest.raises(HarnessError, match="choose one of exact, ivf, hnsw"):
+        build_index(np.ones((10, 4), np.float32), cosine, "annoy")
+
+
+def test_grouped_index_searches_each_query_group(cfg_factory):
+    from harness.search import GroupedIndex
+
+    metric = instantiate(cfg_factory("metric=euclidean").metric)
+    ref = np.array([[0.0], [1.0], [2.0], [3.0]], np.float32)
+    grouped = GroupedIndex(ref, metric, groups=np.array(["a", "b", "a", "b"]))
+    dist, idx = grouped.search(np.array([[0.9], [0.9]], np.float32), 2, query_groups=["a", "b"])
+    assert idx.tolist() == [[0, 2], [1, 3]] and np.allclose(dist, [[0.9, 1.1], [0.1, 2.1]])
+    assert grouped.search(np.array([[0.9]], np.float32), 2)[1].tolist() == [[1, 0]]  # no groups: everything
+    assert grouped.search(np.array([[0.0]], np.float32), 3, query_groups=["a"])[1].tolist() == [[0, 2, -1]]

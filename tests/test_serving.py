@@ -22,7 +22,8 @@ def test_catalog_image_finds_itself_first_through_the_registered_model(served):
     out = served["model"].predict(pd.DataFrame({"image": [b64(served["catalog"] / item["path"])]}))
     assert list(out["rank"]) == [1, 2, 3, 4, 5]
     assert out["item_id"].iloc[0] == item["item_id"] and out["distance"].iloc[0] < 1e-3
-    assert {"category", "subcategory", "similarity", "path", "query"} <= set(out.columns)
+    assert {"category", "subcategory", "similarity", "image", "query"} <= set(out.columns)
+    assert out["image"].iloc[0] == item["path"] and "path" not in out  # relative to the catalog root
     info = tracking.model_info(URI)
     assert info["run_id"] and "subcategory_precision_at_5" in info["metrics"]
 
@@ -88,6 +89,7 @@ def test_rest_api_via_mlflow_models_serve(served):
         assert status == 200
         rows = body["predictions"]
         assert len(rows) == 5 and rows[0]["item_id"] == item["item_id"] and rows[0]["rank"] == 1
+        assert str(served["root"]) not in json.dumps(body)  # no server path in a response
         status, body = post([{"image": base64.b64encode(b"not an image").decode()}])
         assert 400 <= status < 500 and "bad input" in body["message"]
         # a path on the server is not an image: the same answer whether the file exists or not

@@ -107,28 +107,76 @@ class Backbone:
                     f"or a graph node such as {', '.join(nodes[-8:])}."
                 )
             extractor = create_feature_extractor(model, return_nodes={self.node: "features"})
-        # Inference only: fold BatchNorm into the preceding convolutions (10-20 % faster on CPU).
+        # Inference only: fold BatchNorm into the preceding convolutions (fewer passes over memory).
         model = fuse(extractor.eval(), inplace=True).to(self.device, memory_format=torch.channels_last)
         if self.precision == "bf16":
             # Autocast casts every conv/linear weight to bf16 again for each batch (its cast cache lasts
             # one autocast region). Casting them once gives the same bf16 values, so the same features,
-            # without the copy: VGG16 +13 %, ResNet50 +9 % images/s. Other layers stay as autocast runs them.
+            # without the copy. Other layers stay as autocast runs them.
             for module in model.modules():
                 if isinstance(module, (nn.Conv2d, nn.Linear)):
                     module.to(torch.bfloat16)
         return model
 
-    def build(self) -> nn.Module:
+    # -- the network and its weights: a family overrides `skeleton` and `load_pretrained` ----------
+    def skeleton(self) -> nn.Module:
+        """The architecture with fresh (random) weights."""
         raise NotImplementedError
+
+    def load_pretrained(self) -> nn.Module:
+        """The network with the family's published weights (`backbone.weights=imagenet`)."""
+        raise NotImplementedError
+
+    def build(self) -> nn.Module:
+        if self.weights == "random":
+            return self.skeleton()
+        if self.weights == "imagenet":
+            return self.load_pretrained()
+        model, state = self.skeleton(), self._read_weights()
+        self._match_state(model, state)
+        model.load_state_dict(state)
+        return model
+
+    def _read_weights(self, mmap: bool = False) -> dict:
+        path = Path(self.weights).expanduser()
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except Exception as exc:  # truncated, corrupt, pickled objects, not a torch file at all
+            reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            raise HarnessError(f"backbone.weights={path}: not a readable PyTorch state dict ({reason}).") from None
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise HarnessError(f"backbone.weights={path}: not a state dict (a mapping of parameter names to tensors).")
+        return state
+
+    def _match_state(self, model: nn.Module, state: dict) -> None:
+        expected = model.state_dict()
+        missing = [k for k in expected if k not in state]
+        unexpected = [k for k in state if k not in expected]
+        wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+        if missing or unexpected or wrong:
+            example = (missing or unexpected or wrong)[0]
+            raise HarnessError(f"backbone.weights={self.weights}: not weights for {self.arch} "
+                               f"({len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} wrongly "
+                               f"shaped keys, e.g. {example!r}).")
+
+    def check_weights(self) -> None:
+        """A local weights file is read and matched against the architecture before a run starts, so a
+        wrong file fails in one line before the feature store or the tracking run exist."""
+        if self.weights in ("random", "imagenet"):
+            return
+        with torch.device("meta"):
+            model = self.skeleton()
+        self._match_state(model, self._read_weights(mmap=True))
 
     def compile_network(self, batch_size: int) -> float:
         """Compile the network with TorchInductor for batches of `batch_size` (smaller ones are padded,
         so it never recompiles). Returns the seconds the compilation took.
 
-        Inductor's freezing folds BatchNorm and pre-packs the weights for oneDNN. On a 2-core CPU
-        (`python -m harness.bench extract --compile`): VGG16 +13 %, ResNet50 +9-23 %, EfficientNet-Lite0
-        +43 % images/s, for 4-19 s of compiling (the most for the first network compiled with a cold
-        Inductor cache): worth it for catalogs of thousands of images, not for a few hundred.
+        Inductor's freezing folds BatchNorm and pre-packs the weights for oneDNN. Compiling takes seconds
+        (the most for the first network with a cold Inductor cache), so it pays for catalogs of thousands
+        of images, not for a few hundred (`python -m harness.bench extract --compile` measures it).
         """
         import torch._inductor.config
 

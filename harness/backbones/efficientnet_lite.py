@@ -15,19 +15,14 @@ class EfficientNetLite(Backbone):
     # The TF-Lite models were trained on inputs scaled to [-1, 1].
     mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 
-    def build(self):
+    def skeleton(self):
         from efficientnet_lite_pytorch import EfficientNet
 
-        name = self.arch.replace("_", "-")  # efficientnet_lite0 → efficientnet-lite0
-        if self.weights == "random":
-            model = EfficientNet.from_name(name)
-        else:
-            path = self._weights_file() if self.weights == "imagenet" else Path(self.weights).expanduser()
-            if not path.is_file():
-                raise HarnessError(f"backbone.weights={self.weights!r}: no such weights file.")
-            model = EfficientNet.from_name(name)
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            model.load_state_dict(state)
+        return EfficientNet.from_name(self.arch.replace("_", "-"))  # efficientnet_lite0 → efficientnet-lite0
+
+    def load_pretrained(self):
+        model = self.skeleton()
+        model.load_state_dict(torch.load(self._weights_file(), map_location="cpu", weights_only=True))
         return model
 
     def _weights_file(self) -> Path:

@@ -20,29 +20,24 @@ class TorchvisionBackbone(Backbone):
             raise HarnessError(f"Unknown torchvision model {arch!r}.")
         super().__init__(arch, **kwargs)
 
-    def build(self):
-        if self.weights == "random":
-            return models.get_model(self.arch, weights=None)
-        if self.weights == "imagenet":
-            weights = models.get_model_weights(self.arch)[self.imagenet_weights]
-            target = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
-            try:
-                return models.get_model(self.arch, weights=weights)
-            except Exception as exc:
-                if target.exists():
-                    raise
-                raise HarnessError(
-                    f"Cannot load ImageNet weights for {self.arch}: torchvision expects the file "
-                    f"{target.name} in {target.parent} ($TORCH_HOME/hub/checkpoints) and could not "
-                    f"download it from {weights.url} ({type(exc).__name__}). Copy that file there, or "
-                    f"pass a local state dict with backbone.weights=PATH, or use backbone.weights=random "
-                    f"for speed tests."
-                ) from None
-        path = Path(self.weights).expanduser()
-        model = models.get_model(self.arch, weights=None)
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
-        return model
+    def skeleton(self):
+        return models.get_model(self.arch, weights=None)
+
+    def load_pretrained(self):
+        weights = models.get_model_weights(self.arch)[self.imagenet_weights]
+        target = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+        try:
+            return models.get_model(self.arch, weights=weights)
+        except Exception as exc:
+            if target.exists():
+                raise
+            raise HarnessError(
+                f"Cannot load ImageNet weights for {self.arch}: torchvision expects the file "
+                f"{target.name} in {target.parent} ($TORCH_HOME/hub/checkpoints) and could not "
+                f"download it from {weights.url} ({type(exc).__name__}). Copy that file there, or "
+                f"pass a local state dict with backbone.weights=PATH, or use backbone.weights=random "
+                f"for speed tests."
+            ) from None
 
     @property
     def weights_id(self) -> str:

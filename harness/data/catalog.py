@@ -1,4 +1,17 @@
-"""Catalogs: a table of images (absolute `path`, `item_id`, one column per label level)."""
+"""Catalogs: one table of images that every dataset, protocol, evaluator and the searcher share.
+
+The column contract, checked once when a catalog is made (`Catalog.__post_init__`):
+
+| column       | meaning                                                                    |
+|--------------|----------------------------------------------------------------------------|
+| `path`       | the image file (absolute); required, never empty                          |
+| `item_id`    | unique id of the row; default: the path relative to the dataset root      |
+| each level   | a label column named in `dataset.levels`, as text ("" where unknown)      |
+| `split`      | optional: `catalog` or `query` (a dataset's own split, `protocol=predefined`) |
+| `distractor` | optional bool: non-fashion images that join every catalog, never queries  |
+
+Any other column (colour, margin, ...) rides along: the searcher shows it and can re-rank by it.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,15 +23,102 @@ import pandas as pd
 from harness.errors import HarnessError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
+SPLITS = ("catalog", "query")
 
 
 @dataclass
 class Catalog:
-    items: pd.DataFrame  # one row per image; columns path, item_id, <levels>, optional split
+    items: pd.DataFrame
     levels: list[str]
+    source: str = "catalog"   # named in every error about this table (a manifest file, a folder)
+    root: str | None = None   # served results show paths relative to it
+
+    def __post_init__(self):
+        self.levels = list(self.levels)
+        self._check()
 
     def __len__(self) -> int:
         return len(self.items)
+
+    @classmethod
+    def from_table(cls, table: pd.DataFrame, levels, source: str, root: str | Path | None = None) -> "Catalog":
+        """Normalise a raw table (labels as text, default item ids), then check it."""
+        items = table.copy()
+        if "path" in items:
+            items["path"] = items["path"].fillna("").astype(str)
+        for level in levels:
+            if level in items:
+                items[level] = items[level].fillna("").astype(str)
+        if "path" in items:
+            default_ids = [_relative(p, root) for p in items["path"]]
+            if "item_id" not in items:
+                items["item_id"] = default_ids
+            else:
+                ids = items["item_id"].fillna("").astype(str)
+                items["item_id"] = ids.where(ids != "", pd.Series(default_ids, index=items.index))
+        return cls(items.reset_index(drop=True), list(levels), source, str(root) if root is not None else None)
+
+    def _check(self) -> None:
+        items, src = self.items, self.source
+        if items.empty:
+            raise HarnessError(f"Dataset {src} holds no images.")
+        if "path" not in items:
+            raise HarnessError(f"{src} has no 'path' column; columns: {', '.join(map(str, items.columns))}.")
+        empty = items["path"].astype(str).str.len() == 0
+        if empty.any():
+            raise HarnessError(f"{src}: column 'path' is empty in {int(empty.sum())} row(s), "
+                               f"first at row {int(np.flatnonzero(empty)[0])}.")
+        missing = [lv for lv in self.levels if lv not in items]
+        if missing:
+            choices = ", ".join(str(c) for c in items.columns if c != "path")
+            raise HarnessError(f"Unknown label column(s) {missing} in dataset.levels for {src}. "
+                               f"Available columns: {choices}.")
+        if "item_id" not in items:
+            raise HarnessError(f"{src} has no 'item_id' column.")
+        duplicated = items["item_id"].duplicated(keep=False)
+        if duplicated.any():
+            first = items.loc[duplicated, "item_id"].iloc[0]
+            raise HarnessError(f"{src}: column 'item_id' must be unique (one row per photo); "
+                               f"{int(duplicated.sum())} rows share an id, e.g. {first!r}.")
+        if "split" in items:
+            bad = ~items["split"].isin(SPLITS)
+            if bad.any():
+                raise HarnessError(f"{src}: column 'split' must be one of {', '.join(SPLITS)}; "
+                                   f"found {items.loc[bad, 'split'].iloc[0]!r}.")
+        if "distractor" in items and items["distractor"].dtype != bool:
+            raise HarnessError(f"{src}: column 'distractor' must be true/false.")
+
+    @property
+    def is_distractor(self) -> np.ndarray:
+        return self.items["distractor"].to_numpy(bool) if "distractor" in self.items else np.zeros(len(self), bool)
+
+    def subset(self, rows) -> "Catalog":
+        """The catalog restricted to `rows` (positions or a bool mask), renumbered from 0."""
+        return Catalog(self.items.iloc[np.asarray(rows)].reset_index(drop=True) if np.asarray(rows).dtype != bool
+                       else self.items[np.asarray(rows)].reset_index(drop=True), self.levels, self.source, self.root)
+
+    def limit(self, n: int | None, seed: int) -> "Catalog":
+        """A deterministic stratified subsample of n images (by the finest level), in catalog order."""
+        if n is None or n >= len(self):
+            return self
+        return self.subset(np.sort(stratified_order(self.items[self.levels[-1]], seed)[:n]))
+
+
+def _relative(path: str, root) -> str:
+    if root is None:
+        return path
+    try:
+        return Path(path).relative_to(Path(root).resolve()).as_posix()
+    except ValueError:
+        return path
+
+
+def check_limit(limit) -> int | None:
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise HarnessError(f"dataset.limit must be a whole number >= 1, or null; got {limit!r}.")
+    return limit
 
 
 def stratified_order(labels: pd.Series, seed: int) -> np.ndarray:
@@ -37,53 +137,28 @@ def stratified_order(labels: pd.Series, seed: int) -> np.ndarray:
     return shuffled[np.argsort(key, kind="stable")]
 
 
-def finalize(items: pd.DataFrame, levels: list[str], limit: int | None, seed: int, source: str) -> Catalog:
-    """Checks shared by every dataset: non-empty, known label columns, item ids, stratified limit."""
-    levels = list(levels)
-    if items.empty:
-        raise HarnessError(f"Dataset {source} holds no images.")
-    missing = [lv for lv in levels if lv not in items.columns]
-    if missing:
-        choices = ", ".join(c for c in items.columns if c not in ("path",))
-        raise HarnessError(
-            f"Unknown label column(s) {missing} in dataset.levels for {source}. Available columns: {choices}."
-        )
-    items = items.copy()
-    for lv in levels:
-        items[lv] = items[lv].fillna("").astype(str)
-    if "item_id" not in items.columns or items["item_id"].isna().all():
-        items["item_id"] = [Path(p).stem for p in items["path"]]
-    items["item_id"] = items["item_id"].astype(str)
-    if limit is not None and 0 < limit < len(items):
-        order = stratified_order(items[levels[-1]], seed)[:limit]
-        items = items.iloc[np.sort(order)]
-    return Catalog(items.reset_index(drop=True), levels)
-
-
-def read_table(root: str | Path) -> pd.DataFrame:
-    """`manifest.csv` in root, or else a folder tree root/category/subcategory/*.jpg."""
+def read_table(root: str | Path) -> tuple[pd.DataFrame, str]:
+    """(table, source): `manifest.csv` in root, or else a folder tree root/category/subcategory/*.jpg."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise HarnessError(f"Dataset root {root} does not exist or is not a folder (set dataset.root=DIR).")
     manifest = root / "manifest.csv"
     if manifest.exists():
-        table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
-        if "path" not in table.columns:
-            raise HarnessError(f"{manifest} has no 'path' column; columns: {', '.join(table.columns)}.")
-        table["path"] = [str((root / p).resolve()) for p in table["path"]]
-        return table
+        try:
+            table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+            raise HarnessError(f"{manifest} is not a readable CSV file ({str(exc).splitlines()[0]}).") from None
+        if "path" in table:
+            table["path"] = [str((root / p).resolve()) if p else "" for p in table["path"]]
+        return table, str(manifest)
     rows = []
     for path in sorted(root.rglob("*")):
         if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
             parts = path.relative_to(root).parts[:-1]
-            rows.append(
-                {
-                    "path": str(path.resolve()),
-                    "category": parts[0] if len(parts) > 0 else "",
-                    "subcategory": parts[1] if len(parts) > 1 else (parts[0] if parts else ""),
-                }
-            )
-    return pd.DataFrame(rows, columns=["path", "category", "subcategory"])
+            rows.append({"path": str(path.resolve()),
+                         "category": parts[0] if len(parts) > 0 else "",
+                         "subcategory": parts[1] if len(parts) > 1 else (parts[0] if parts else "")})
+    return pd.DataFrame(rows, columns=["path", "category", "subcategory"]), str(root)
 
 
 class FolderOrManifest:
@@ -91,21 +166,24 @@ class FolderOrManifest:
 
     def __init__(self, root: str, levels=("category", "subcategory"), limit: int | None = None,
                  seed: int = 0, distractors: str | None = None):
-        self.root, self.levels, self.limit, self.seed = root, list(levels), limit, seed
+        self.root, self.levels, self.limit, self.seed = root, list(levels), check_limit(limit), seed
         self.distractors = distractors
 
     def load(self) -> Catalog:
         if self.root is None:
-            raise HarnessError("dataset=products needs dataset.root=DIR (a folder with manifest.csv or category/subcategory/*.jpg).")
-        catalog = finalize(read_table(self.root), self.levels, self.limit, self.seed, str(self.root))
+            raise HarnessError("dataset=products needs dataset.root=DIR (a folder with manifest.csv or "
+                               "category/subcategory/*.jpg).")
+        table, source = read_table(self.root)
+        root = Path(self.root).expanduser().resolve()
+        catalog = Catalog.from_table(table, self.levels, source, root).limit(self.limit, self.seed)
         if not self.distractors:
             return catalog
-        # Non-fashion images join the catalog as distractors; the run never uses them as queries.
-        extra = read_table(self.distractors)
+        # Non-fashion images join the catalog as distractors; protocols never make them queries.
+        extra, extra_source = read_table(self.distractors)
         for lv in self.levels:
-            extra[lv] = extra[lv].fillna("distractor") if lv in extra else "distractor"
-        if "item_id" not in extra or extra["item_id"].isna().all() or (extra["item_id"] == "").all():
-            extra["item_id"] = [f"distractor-{Path(p).stem}" for p in extra["path"]]
-        items = pd.concat([catalog.items.assign(distractor=False), extra.assign(distractor=True)],
-                          ignore_index=True)
-        return Catalog(items, catalog.levels)
+            extra[lv] = extra[lv].replace("", "distractor") if lv in extra else "distractor"
+        distractors = Catalog.from_table(extra, self.levels, extra_source, Path(self.distractors).expanduser().resolve())
+        items = pd.concat([catalog.items.assign(distractor=False),
+                           distractors.items.assign(item_id="distractor/" + distractors.items["item_id"],
+                                                    distractor=True)], ignore_index=True)
+        return Catalog(items, catalog.levels, source, catalog.root)

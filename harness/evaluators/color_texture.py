@@ -12,12 +12,13 @@ import json
 import numpy as np
 
 from harness.data.images import BadImage, read_image
+from harness.errors import HarnessError
 from harness.evaluators.base import EvalContext, Evaluator
 from harness.preprocess import foreground_box
 
 
 # OpenCV and scikit-image are imported where an image is first described: once its histograms are in
-# the store (every run after the first), a run needs neither, and OpenCV alone takes ~0.2 s to import.
+# the store (every run after the first), a run needs neither, and OpenCV is slow to import.
 
 def color_hist(rgb: np.ndarray, bins: int) -> np.ndarray:
     import cv2
@@ -50,6 +51,8 @@ def chi2(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 class ColorTexture(Evaluator):
+    lower_is_better = ("texture_chi2",)
+
     def __init__(self, region: str = "full", bins: int = 8, lbp_points: int = 8, lbp_radius: float = 1.0,
                  size: int = 128, roi_tolerance: int = 24):
         if region not in ("full", "roi", "both"):
@@ -58,7 +61,6 @@ class ColorTexture(Evaluator):
         self.size, self.tolerance = size, roi_tolerance
         params = {k: v for k, v in vars(self).items() if k != "region"}
         self.fingerprint = "hist-" + hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
-        self._memory: dict[str, np.ndarray] = {}
         self.n_color = bins ** 3
 
     def _describe(self, path: str) -> np.ndarray:
@@ -71,26 +73,31 @@ class ColorTexture(Evaluator):
         return np.concatenate(out).astype(np.float32)
 
     def histograms(self, ctx: EvalContext, rows: np.ndarray) -> dict[int, np.ndarray]:
-        hashes = ctx.items["content_hash"].to_numpy()
+        # Images are known by content (a hash) where the caller says so, else by path.
+        column = "content_hash" if "content_hash" in ctx.items else "path"
+        hashes = ctx.items[column].to_numpy()
         paths = ctx.items["path"].to_numpy()
+        memory = ctx.cached(("histograms", self.fingerprint), dict)
         wanted = {int(r): hashes[r] for r in np.unique(rows[rows >= 0])}
-        missing = [h for h in set(wanted.values()) if h not in self._memory]
-        if missing and ctx.store is not None:
-            self._memory.update(ctx.store.get(self.fingerprint, missing))
+        missing = [h for h in set(wanted.values()) if h not in memory]
+        if missing and ctx.store is not None and column == "content_hash":
+            memory.update(ctx.store.get(self.fingerprint, missing))
         new = {}
         for row, h in wanted.items():
-            if h not in self._memory and h not in new:
+            if h not in memory and h not in new:
                 try:
                     new[h] = self._describe(paths[row])
                 except BadImage:
                     continue
-        if new and ctx.store is not None:
+        if new and ctx.store is not None and column == "content_hash":
             ctx.store.put(self.fingerprint, list(new), np.stack(list(new.values())))
-        self._memory.update(new)
-        return {row: self._memory[h] for row, h in wanted.items() if h in self._memory}
+        memory.update(new)
+        return {row: memory[h] for row, h in wanted.items() if h in memory}
 
     def evaluate(self, ctx):
         hists = self.histograms(ctx, np.concatenate([ctx.query_rows, ctx.indices.ravel()]))
+        if any(int(r) not in hists for r in ctx.query_rows):
+            raise HarnessError("evaluator=color_texture could not read some query images again.")
         dim = len(next(iter(hists.values()))) // 2 if hists else 0
         q = np.stack([hists[r] for r in ctx.query_rows])                       # (Q, 2·dim)
         nb = np.zeros(ctx.indices.shape + (q.shape[1],), np.float32)           # (Q, k, 2·dim)

@@ -1,12 +1,13 @@
 """How often non-fashion distractors (dataset.distractors) reach the top k."""
 from __future__ import annotations
 
-import numpy as np
-
 from harness.evaluators.base import EvalContext, Evaluator
 
 
 class DistractorRate(Evaluator):
+    """distractor_rate_at_{k}: the share of all returned top-k neighbours that are distractors."""
+    lower_is_better = ("distractor_rate",)
+
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
         if "distractor" not in ctx.items:
             return {}

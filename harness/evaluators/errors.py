@@ -1,16 +1,13 @@
 """Error analysis artifacts: confusion of query vs neighbour labels, and a gallery of retrievals."""
 from __future__ import annotations
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from PIL import Image, ImageDraw, ImageFont, ImageOps  # noqa: E402
-
-from harness.data.images import BadImage, read_image  # noqa: E402
-from harness.evaluators.base import EvalContext, Evaluator  # noqa: E402
+from harness.data.images import BadImage, read_image
+from harness.evaluators.base import EvalContext, Evaluator
 
 
 class ErrorAnalysis(Evaluator):
@@ -20,33 +17,31 @@ class ErrorAnalysis(Evaluator):
     def evaluate(self, ctx):
         return {}
 
-    def write_artifacts(self, ctx: EvalContext, out_dir):
+    def artifacts(self, ctx: EvalContext):
         level = self.level or ctx.levels[-1]
         found = ctx.indices >= 0
         pairs = pd.DataFrame({
             "query": np.repeat(ctx.query_labels(level), ctx.indices.shape[1])[found.ravel()],
             "neighbour": ctx.neighbour_labels(level)[found]})
         table = pd.crosstab(pairs["query"], pairs["neighbour"])
-        csv = out_dir / f"confusion_{level}.csv"
-        table.to_csv(csv)
-        return [csv, self._heatmap(table, level, out_dir), self._gallery(ctx, level, out_dir)]
+        return {f"confusion_{level}.csv": table.reset_index(),
+                f"confusion_{level}.png": self._heatmap(table, level),
+                "retrieval_gallery.png": self._gallery(ctx, level)}
 
     @staticmethod
-    def _heatmap(table: pd.DataFrame, level: str, out_dir):
+    def _heatmap(table: pd.DataFrame, level: str) -> Figure:
         share = table.div(table.sum(axis=1), axis=0)
         side = max(5, 0.28 * max(share.shape))
-        fig, ax = plt.subplots(figsize=(side + 1, side))
+        fig = Figure(figsize=(side + 1, side))
+        ax = fig.subplots()
         im = ax.imshow(share.to_numpy(), cmap="viridis", vmin=0, vmax=1)
         ax.set_xticks(range(share.shape[1]), share.columns, rotation=90, fontsize=7)
         ax.set_yticks(range(share.shape[0]), share.index, fontsize=7)
         ax.set(xlabel=f"neighbour {level}", ylabel=f"query {level}", title="Share of neighbours per label")
         fig.colorbar(im, ax=ax, fraction=0.04)
-        path = out_dir / f"confusion_{level}.png"
-        fig.savefig(path, dpi=110, bbox_inches="tight")  # cheaper than tight_layout with many tick labels
-        plt.close(fig)
-        return path
+        return fig
 
-    def _gallery(self, ctx: EvalContext, level: str, out_dir):
+    def _gallery(self, ctx: EvalContext, level: str) -> Image.Image:
         """One row per seeded query: the query, then its neighbours titled with rank, label and distance
         (green: same label). Drawn with PIL: a grid of subplots costs seconds per run."""
         rng = np.random.default_rng(self.seed)
@@ -73,6 +68,4 @@ class ErrorAnalysis(Evaluator):
                 except BadImage:
                     continue
                 sheet.paste(thumb, (x, y + caption))
-        path = out_dir / "retrieval_gallery.png"
-        sheet.save(path)
-        return path
+        return sheet

@@ -1,4 +1,6 @@
-"""The study's score: share of the k neighbours that share the query's label, per level and rank."""
+"""The study's score: share of the k neighbours that share the query's label, per level and rank.
+
+Every query counts, one whose label has no other catalog item too (it scores 0)."""
 from __future__ import annotations
 
 import pandas as pd
@@ -17,15 +19,12 @@ class PrecisionAtK(Evaluator):
                 out[f"{level}_precision_rank_{rank}"] = float(p)
         return out
 
-    def write_artifacts(self, ctx, out_dir):
-        paths, per_query = [], {"item_id": ctx.items["item_id"].to_numpy()[ctx.query_rows]}
+    def artifacts(self, ctx):
+        out, per_query = {}, {"item_id": ctx.items["item_id"].to_numpy()[ctx.query_rows]}
         for level in ctx.levels:
             rel = ctx.relevant(level, ctx.indices)
-            path = out_dir / f"per_label_{level}.csv"
-            retrieval.per_label_precision(ctx.query_labels(level), rel).to_csv(path, index=False)
-            paths.append(path)
+            out[f"per_label_{level}.csv"] = retrieval.per_label_precision(ctx.query_labels(level), rel)
             per_query[f"{level}_precision_at_{ctx.k}"] = rel.mean(axis=1)
         # Per-query scores let the sweep report compare runs pairwise (bootstrap intervals).
-        path = out_dir / "per_query.csv"
-        pd.DataFrame(per_query).to_csv(path, index=False)
-        return [*paths, path]
+        out["per_query.csv"] = pd.DataFrame(per_query)
+        return out

@@ -8,10 +8,6 @@ import numpy as np
 import pandas as pd
 
 
-def relevance(query_labels: np.ndarray, neighbour_labels: np.ndarray) -> np.ndarray:
-    return np.asarray(neighbour_labels) == np.asarray(query_labels)[:, None]
-
-
 def order_key(distance: np.ndarray) -> np.ndarray:
     """uint32 keys that sort like the float32 distances (-0.0 equal to 0.0, NaN last).
 
@@ -38,28 +34,16 @@ def hits_at(relevant_sorted: np.ndarray, ends: np.ndarray) -> np.ndarray:
     return np.cumsum(relevant_sorted, dtype=np.int32 if len(relevant_sorted) < 2**31 else np.int64)[ends]
 
 
-def pr_curve(relevant_sorted: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(precision, recall) at each distance threshold (`tie_ends`) of pairs sorted nearest first, recall
-    increasing.
-
-    The same points as scikit-learn's `precision_recall_curve(relevant, -distance)` (tested equal), from
-    pairs the caller sorted once: scikit-learn sorts on every call, and a run asks for every level of
-    ~11 contexts of millions of pairs.
-    """
-    return curve_from_hits(hits_at(relevant_sorted, ends), ends)
-
-
 def curve_from_hits(hits: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(precision, recall) at each distance threshold (`tie_ends`) of pairs sorted nearest first, recall
+    increasing: the points of scikit-learn's `precision_recall_curve(relevant, -distance)` (tested equal),
+    from pairs the caller sorted once, where scikit-learn sorts on every call."""
     return hits / (ends + 1), hits / hits[-1] if len(hits) and hits[-1] else np.full(len(hits), np.nan)
 
 
-def average_precision(precision: np.ndarray, recall: np.ndarray) -> float:
-    """Σ (R_n − R_{n−1}) P_n, scikit-learn's `average_precision_score` (no interpolation)."""
-    return float(np.sum(np.diff(recall, prepend=0.0) * precision)) if len(recall) else float("nan")
-
-
 def average_precision_from_hits(hits: np.ndarray, ends: np.ndarray) -> float:
-    """`average_precision` of the curve `hits` describes, summing only the thresholds that add a hit."""
+    """Σ (R_n − R_{n−1}) P_n over the thresholds of the curve `hits` describes: scikit-learn's
+    `average_precision_score` (no interpolation), summing only the thresholds that add a hit."""
     if not len(hits) or not hits[-1]:
         return float("nan")
     gained = np.diff(hits, prepend=0)
@@ -110,6 +94,31 @@ def map_at_r(relevant: np.ndarray, n_relevant: np.ndarray) -> float:
     precision_at_i = np.cumsum(rel, axis=1) / np.arange(1, rel.shape[1] + 1)[None, :]
     ap = (precision_at_i * rel).sum(axis=1) / n_relevant
     return float(np.mean(ap)) if len(relevant) else float("nan")
+
+
+def mean_average_precision(relevant: np.ndarray, distances: np.ndarray, n_relevant: np.ndarray,
+                           chunk: int = 512) -> float:
+    """mAP: mean over queries of the average precision of each query's ranking, (1/R) Σ_rel precision@i,
+    where items tied in distance share one threshold (their group's precision at its last item).
+
+    With the whole ranking this is the mean of scikit-learn's `average_precision_score(relevant, -distance)`
+    per query (tested equal); relevant items missing from a truncated ranking count as never retrieved.
+    """
+    if not len(relevant):
+        return float("nan")
+    depth = relevant.shape[1]
+    positions = np.arange(depth)
+    total = 0.0
+    for s in range(0, len(relevant), chunk):  # bounded temporaries: rankings can be catalog-wide
+        rel, dist = relevant[s:s + chunk], distances[s:s + chunk]
+        is_end = np.ones(rel.shape, bool)
+        is_end[:, :-1] = dist[:, 1:] != dist[:, :-1]
+        # each rank's tie group ends at the first group end at or after it
+        end = np.minimum.accumulate(np.where(is_end, positions, depth)[:, ::-1], axis=1)[:, ::-1]
+        hits = np.cumsum(rel, axis=1, dtype=np.int64)
+        precision = np.take_along_axis(hits, end, axis=1) / (end + 1)
+        total += float(((rel * precision).sum(axis=1) / n_relevant[s:s + chunk]).sum())
+    return total / len(relevant)
 
 
 def mrr(relevant: np.ndarray) -> float:

@@ -1,8 +1,8 @@
 """The MLflow pyfunc model, logged as models-from-code: this file is the model's code.
 
-Input: a DataFrame with an `image` column (base64 JPEG/PNG strings, or uint8 arrays), or a list of
+Input: a DataFrame with an `image` column of base64 JPEG/PNG strings (never file names), or a list of
 them. Params: k, within_category, rerank_column, rerank_weight. Output: one row per (query, rank)
-with item_id, labels, distance, similarity and the catalog image reference.
+with item_id, labels, image (path relative to the catalog root), distance and similarity.
 """
 from __future__ import annotations
 

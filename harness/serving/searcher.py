@@ -2,7 +2,8 @@
 
 A Searcher holds the extractor settings, the catalog index (features, item ids, labels, image
 paths) and the metric. Built from a run's resolved config and features; saved as plain files
-(`settings.json` + `catalog.npz` + `catalog.csv`), never pickled objects.
+(`settings.json` + `features.npy` + `catalog.csv`), never pickled objects. Results name images by
+item id and by their path relative to the catalog root: no absolute server path leaves it.
 """
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from harness.backbones import build_backbone
 from harness.config import instantiate
 from harness.data.images import BadImage, decode_image
-from harness.search import build_index
+from harness.errors import HarnessError
+from harness.search import GroupedIndex
 
 MAX_UPLOAD_BYTES = 10 << 20
 
@@ -33,15 +36,16 @@ class Settings:
     k: int
     levels: list
     run: dict         # run id, name and score, shown by the demo
+    root: str | None = None  # the catalog root: results show image paths relative to it
 
     @classmethod
-    def from_cfg(cls, cfg, run: dict) -> "Settings":
+    def from_cfg(cls, cfg, root: str | None, run: dict) -> "Settings":
         from omegaconf import OmegaConf
 
         def plain(node):
             return OmegaConf.to_container(node, resolve=True)
         return cls(plain(cfg.backbone), plain(cfg.layer), plain(cfg.preprocess), plain(cfg.metric), int(cfg.k),
-                   list(cfg.dataset.levels), run)
+                   list(cfg.dataset.levels), run, root)
 
 
 def decode_upload(value) -> Image.Image:
@@ -93,14 +97,19 @@ class Searcher:
     def __init__(self, settings: Settings, catalog: pd.DataFrame, features: np.ndarray):
         self.settings, self.catalog = settings, catalog.reset_index(drop=True)
         self.features = features.astype(np.float32)
-        self.backbone = instantiate(settings.backbone, layer=settings.layer["name"],
-                                    pooling=settings.layer["pooling"])
+        self.backbone = build_backbone({"backbone": settings.backbone, "layer": settings.layer})
         self.backbone.model  # build now, so the first shopper does not wait for it (or see a weights error late)
         self.preprocess = instantiate(settings.preprocess)
         self.metric = instantiate(settings.metric)
-        self.index = build_index(self.features, self.metric)
         self.category_level = settings.levels[0]
-        self._by_category = {}
+        self.index = GroupedIndex(self.features, self.metric, groups=self.catalog[self.category_level].to_numpy())
+        self.images = [self._relative(p) for p in self.catalog["path"]]
+
+    def _relative(self, path: str) -> str:
+        try:
+            return Path(path).relative_to(self.settings.root).as_posix() if self.settings.root else Path(path).name
+        except ValueError:
+            return Path(path).name
 
     # -- persistence: plain files only --------------------------------------------------------
     @staticmethod
@@ -126,29 +135,34 @@ class Searcher:
     def predict_category(self, query_emb: np.ndarray, votes: int = 10) -> str:
         """An upload has no label: majority vote of its nearest catalog neighbours."""
         _, idx = self.index.search(query_emb[None], votes)
-        return self.catalog[self.category_level].iloc[idx[0]].value_counts().index[0]
+        return self.catalog[self.category_level].iloc[idx[0][idx[0] >= 0]].value_counts().index[0]
 
-    def _category_index(self, category: str):
-        if category not in self._by_category:
-            rows = np.flatnonzero(self.catalog[self.category_level].to_numpy() == category)
-            self._by_category[category] = (rows, build_index(self.features[rows], self.metric))
-        return self._by_category[category]
+    def path_of(self, item_ids) -> list[str]:
+        """Image files of catalog items (for in-process callers such as the page)."""
+        paths = self.catalog.set_index("item_id")["path"]
+        return [paths[i] for i in item_ids]
 
     def search(self, images: list, k: int | None = None, within_category: bool = False,
                rerank_column: str | None = None, rerank_weight: float = 0.0, candidates: int = 50) -> list[pd.DataFrame]:
-        """One table per image: rank, item_id, labels, distance, similarity, [business score], image."""
+        """One table per image: rank, item_id, labels, image (relative path), distance, similarity,
+        [business score]."""
         k = int(k or self.settings.k)
+        if k < 1:
+            raise BadImage(f"k must be >= 1, got {k}")
         query_emb = self.embed([decode_upload(v) for v in images])
+        try:
+            self.metric.check(query_emb, "the query photo")
+        except HarnessError as exc:
+            raise BadImage(str(exc)) from None
         out = []
         for emb in query_emb:
-            rows, index, predicted = np.arange(len(self.catalog)), self.index, None
-            if within_category:
-                predicted = self.predict_category(emb)
-                rows, index = self._category_index(predicted)
+            predicted = self.predict_category(emb) if within_category else None
             depth = max(k, candidates) if rerank_column else k
-            dist, idx = index.search(emb[None], depth)
-            table = self.catalog.iloc[rows[idx[0]]].copy()
-            table["distance"] = dist[0]
+            dist, idx = self.index.search(emb[None], depth, None if predicted is None else [predicted])
+            found = idx[0] >= 0
+            table = self.catalog.iloc[idx[0][found]].drop(columns=["path"])
+            table["image"] = [self.images[i] for i in idx[0][found]]
+            table["distance"] = dist[0][found]
             table["similarity"] = 1.0 / (1.0 + table["distance"])  # monotone, comparable across metrics
             if rerank_column:
                 table = rerank(table, rerank_column, rerank_weight)

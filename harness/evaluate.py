@@ -1,0 +1,137 @@
+"""evaluate(): embeddings and a catalog in, retrieval scores out. No Hydra, no MLflow, no files.
+
+    import numpy as np, pandas as pd
+    from harness.data import Catalog
+    from harness.evaluate import evaluate
+    from harness.evaluators import PrecisionAtK, Ranking
+    from harness.metrics import Cosine
+    from harness.protocols import KFold
+
+    catalog = Catalog.from_table(pd.read_csv("labels.csv"), levels=["category", "subcategory"], source="labels.csv")
+    catalog, folds = KFold(folds=5).split(catalog)
+    result = evaluate(np.load("emb.npy"), catalog, folds, Cosine(), [PrecisionAtK(), Ranking()], k=5)
+    result.metrics["subcategory_precision_at_5"], result.metrics["subcategory_map"]
+
+`python -m harness`, the sweep, the benchmarks and the tests all score through this one function.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from harness.data.catalog import Catalog
+from harness.errors import HarnessError
+from harness.evaluators.base import EvalContext, Evaluator
+from harness.metrics.distances import Distance, as_matrix
+from harness.protocols import Fold
+from harness.search import GroupedIndex
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]                 # pooled over every query; with folds, also <name>_mean/_std/_cv
+    artifacts: dict[str, Any]                 # file name → DataFrame | matplotlib Figure | PIL image
+    per_fold: list[dict[str, float]]          # each fold's own metrics (empty with one fold)
+    query_rows: np.ndarray                    # (Q,) catalog rows of the queries, every fold pooled
+    indices: np.ndarray                       # (Q, k) catalog rows of their neighbours, -1 where none
+    distances: np.ndarray                     # (Q, k)
+    excluded: list[tuple[int, str]] = field(default_factory=list)  # catalog rows left out, and why
+
+
+def aggregate(per_fold: list[dict[str, float]]) -> dict[str, float]:
+    """For every metric: mean, sample standard deviation (ddof=1) and coefficient of variation across folds."""
+    out = {}
+    for name in per_fold[0]:
+        values = np.array([m[name] for m in per_fold], dtype=float)
+        mean, std = float(values.mean()), float(values.std(ddof=1))
+        out.update({f"{name}_mean": mean, f"{name}_std": std, f"{name}_cv": std / mean if mean else float("nan")})
+    return out
+
+
+def evaluate(emb, catalog: Catalog, folds: list[Fold], metric: Distance, evaluators, k: int, *,
+             index: str = "exact", within: str | None = None, store=None, **index_params) -> Evaluation:
+    """Search each fold's queries among its references and score the rankings.
+
+    emb: (N, D) one vector per catalog row. folds: from a protocol's `split`. evaluators: a list or a
+    {name: Evaluator} mapping. within: a label column; each query then searches only the catalog items
+    that share its label there (the study's per-category index). store: an optional per-image cache
+    for costly descriptors (colour/texture). index, index_params: see `harness.search`.
+
+    Vectors the metric is undefined for (all-zero for cosine, constant for correlation) are left out as
+    queries and as catalog items; they are listed in `excluded` and counted in `excluded_images`.
+    """
+    emb = as_matrix(emb, "emb")
+    if len(emb) != len(catalog):
+        raise HarnessError(f"emb has {len(emb)} rows for a catalog of {len(catalog)} images.")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise HarnessError(f"k must be a whole number >= 1, got {k!r}.")
+    k = int(k)
+    if not folds:
+        raise HarnessError("evaluate needs at least one fold (a protocol's split).")
+    evaluators = list(evaluators.values()) if isinstance(evaluators, Mapping) else list(evaluators)
+    if not all(isinstance(ev, Evaluator) for ev in evaluators):
+        raise HarnessError("evaluators must be Evaluator instances.")
+    if within is not None and within not in catalog.items:
+        raise HarnessError(f"within={within!r} is not a catalog column.")
+
+    degenerate = metric.degenerate(emb)
+    excluded = [(int(r), f"feature vector {metric.undefined_for}: the {metric!r} distance is undefined")
+                for r in np.flatnonzero(degenerate)]
+    if excluded:
+        log.warning("%d image(s) left out: their feature vectors %s, for which the %r distance is undefined "
+                    "(e.g. %s)", len(excluded), metric.undefined_for, metric, catalog.items["path"].iloc[excluded[0][0]])
+    keep = ~degenerate
+    groups = catalog.items[within].to_numpy(dtype=object) if within else None
+    depths = [ev.depth for ev in evaluators]
+
+    t0 = time.perf_counter()
+    searched = []  # per fold: (query rows, reference rows, ranked rows, ranked distances)
+    for number, fold in enumerate(folds):
+        queries, refs = fold.query_idx[keep[fold.query_idx]], fold.ref_idx[keep[fold.ref_idx]]
+        if len(refs) == 0:
+            raise HarnessError(f"fold {number} has no catalog image to search.")
+        if k > len(refs):
+            raise HarnessError(f"k={k} is larger than the catalog searched ({len(refs)} images).")
+        # One search per fold, as deep as any evaluator reads (the whole ranking for the ranking metrics).
+        depth = len(refs) if None in depths else min(len(refs), max([k, *depths]))
+        grouped = GroupedIndex(emb[refs], metric, None if groups is None else groups[refs], index, **index_params)
+        dist, pos = grouped.search(emb[queries], depth, None if groups is None else groups[queries])
+        searched.append((queries, refs, np.where(pos >= 0, refs[np.maximum(pos, 0)], -1), dist))
+    search_seconds = time.perf_counter() - t0
+
+    cache: dict = {}
+    width = max(s[2].shape[1] for s in searched)
+
+    def context(fold_ids: list[int]) -> EvalContext:
+        parts = [searched[i] for i in fold_ids]
+        sizes = np.cumsum([0] + [len(p[0]) for p in parts])
+        rows = np.full((sizes[-1], width), -1, np.int64)
+        dist = np.full((sizes[-1], width), np.inf, np.float32)
+        for a, (_, _, r, d) in zip(sizes, parts):
+            rows[a:a + len(r), : r.shape[1]], dist[a:a + len(d), : d.shape[1]] = r, d
+        return EvalContext(catalog.items, catalog.levels, k, np.concatenate([p[0] for p in parts]), rows, dist,
+                           [(i, np.arange(a, b), p[1]) for i, a, b, p in zip(fold_ids, sizes[:-1], sizes[1:], parts)],
+                           store, cache)
+
+    def scores(ctx: EvalContext) -> dict[str, float]:
+        return {name: value for ev in evaluators for name, value in ev.evaluate(ctx).items()}
+
+    pooled = context(list(range(len(folds))))
+    metrics = scores(pooled)
+    artifacts = {name: obj for ev in evaluators for name, obj in ev.artifacts(pooled).items()}
+    per_fold = [scores(context([i])) for i in range(len(folds))] if len(folds) > 1 else []
+    if per_fold:
+        metrics.update(aggregate(per_fold))
+        metrics["folds"] = len(per_fold)
+    metrics.update({"n_catalog": len(searched[0][1]) if len(folds) == 1 else int(keep.sum()),
+                    "n_queries": len(pooled.query_rows), "search_seconds": search_seconds,
+                    "excluded_images": len(excluded)})
+    return Evaluation(metrics, artifacts, per_fold, pooled.query_rows, pooled.indices.copy(),
+                      pooled.distances.copy(), excluded)
