@@ -3,19 +3,25 @@
     python demo.py                      # serves models:/fashion-visual-search@champion on 127.0.0.1:7860
     python demo.py --model-uri models:/fashion-visual-search/3 --port 8000
 
-The model is loaded once and shared read-only; each visitor's history lives in gr.State.
+The model is loaded once and shared read-only; each visitor's history lives in gr.State. Catalog
+images are served by item id (`/catalog/<item_id>`) and nothing else of the server's disk is: pages
+and API answers name images by URL, never by a server path. The public API is `search` alone.
 """
 from __future__ import annotations
 
 import argparse
 import os
 from pathlib import Path
+from urllib.parse import quote
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home: works offline
 
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from fastapi import HTTPException  # noqa: E402
+from fastapi.responses import FileResponse  # noqa: E402
+from fastapi.routing import APIRoute  # noqa: E402
 
 from harness import tracking  # noqa: E402
 from harness.config import compose_config  # noqa: E402
@@ -23,6 +29,7 @@ from harness.data.images import BadImage  # noqa: E402
 from harness.serving.searcher import MAX_UPLOAD_BYTES, Searcher  # noqa: E402
 
 DEFAULT_URI = "models:/fashion-visual-search@champion"
+HINT = "Upload, paste or take a photo, or pick a catalog example."
 
 
 def numeric_columns(catalog: pd.DataFrame) -> list[str]:
@@ -32,25 +39,39 @@ def numeric_columns(catalog: pd.DataFrame) -> list[str]:
             and pd.to_numeric(catalog[c], errors="coerce").notna().mean() > 0.9]
 
 
+def image_url(base: str, item_id: str) -> str:
+    return f"{base.rstrip('/')}/catalog/{quote(str(item_id), safe='')}"
+
+
+def upload_file(value) -> Path | None:
+    """The uploaded file, as Gradio hands it over: a file in its upload folder (Gradio refuses any other
+    path before we see it). Reading it is asked for with a Path, which no network client can send."""
+    if value is None:
+        return None
+    path = value.get("path") if isinstance(value, dict) else value
+    if not isinstance(path, str) or path.startswith(("http://", "https://", "data:")):
+        raise BadImage("not an uploaded file")
+    return Path(path)
+
+
 def run_search(searcher: Searcher, image, k: int, same_category: bool, rerank_column: str | None,
-               rerank_weight: float, history: list):
-    """The page's search: (gallery items, status text, updated per-user history)."""
-    if image is None:
-        return [], "Upload, paste or take a photo, or pick a catalog example.", history
+               rerank_weight: float, history: list, base: str = ""):
+    """The page's search: (gallery of (image URL, caption), status text, updated per-user history)."""
     try:
-        # Gradio hands over the upload as a file in its own cache (it refuses other paths); reading it is
-        # asked for explicitly with a Path, which no network client can send.
-        table = searcher.search([Path(image)], k=int(k), within_category=same_category,
+        query = upload_file(image) if not isinstance(image, Path) else image
+        if query is None:
+            return [], HINT, history
+        table = searcher.search([query], k=int(k), within_category=same_category,
                                 rerank_column=rerank_column or None, rerank_weight=float(rerank_weight))[0]
-    except BadImage as exc:
-        return [], f"**Cannot use this file:** {exc}.", history
+    except (BadImage, KeyError) as exc:
+        return [], f"**Cannot use this file:** {str(exc).strip(chr(39))}.", history
     levels = searcher.settings.levels
     gallery = []
-    for row, path in zip(table.itertuples(), searcher.path_of(table["item_id"])):
+    for row in table.itertuples():
         caption = " / ".join(str(getattr(row, lv)) for lv in levels) + f" · sim {row.similarity:.3f}"
         if rerank_column:
             caption += f" · {rerank_column} {row.business_score:g}"
-        gallery.append((path, f"#{row.rank} {row.item_id}: {caption}"))
+        gallery.append((image_url(base, row.item_id), f"#{row.rank} {row.item_id}: {caption}"))
     status = f"Top {len(table)} products."
     if same_category:
         status += f" Predicted category: **{table['predicted_category'].iloc[0]}**."
@@ -71,11 +92,22 @@ def model_card(info: dict, searcher: Searcher) -> str:
 def build_demo(searcher: Searcher, info: dict, examples: int = 12, seed: int = 0) -> gr.Blocks:
     catalog = searcher.catalog
     picks = np.random.default_rng(seed).choice(len(catalog), min(examples, len(catalog)), replace=False)
-    example_paths = catalog["path"].iloc[picks].tolist()
+    example_ids = catalog["item_id"].iloc[picks].tolist()
     business = numeric_columns(catalog)
 
-    def search(image, k, same_category, rerank_column, rerank_weight, history):
-        return run_search(searcher, image, k, same_category, rerank_column, rerank_weight, history)
+    def search(image, k, same_category, rerank_column, rerank_weight, history, request: gr.Request):
+        return run_search(searcher, image, k, same_category, rerank_column, rerank_weight, history,
+                          str(request.base_url))
+
+    def show_examples(request: gr.Request):
+        return [(image_url(str(request.base_url), i), i) for i in example_ids]
+
+    def pick(k, same_category, rerank_column, rerank_weight, history, evt: gr.SelectData, request: gr.Request):
+        """A catalog example is searched by its id: the page never sends a file name to the server."""
+        [path] = searcher.path_of([example_ids[evt.index]])
+        out = run_search(searcher, Path(path), k, same_category, rerank_column, rerank_weight, history,
+                         str(request.base_url))
+        return (None, *out[:1], f"Query: catalog example {example_ids[evt.index]}. " + out[1], out[2])
 
     with gr.Blocks(title="Fashion visual search") as demo:
         gr.Markdown("# Fashion visual search\n" + model_card(info, searcher))
@@ -90,20 +122,40 @@ def build_demo(searcher: Searcher, info: dict, examples: int = 12, seed: int = 0
                     rerank_column = gr.Dropdown([""] + business, value="", label="Business column")
                     rerank_weight = gr.Slider(0, 1, value=0.0, step=0.05, label="Weight of the business score")
                 button = gr.Button("Search", variant="primary", elem_id="search")
-                examples_gallery = gr.Gallery(example_paths, label="Or pick a catalog example", columns=4,
-                                              height=260, allow_preview=False)
+                examples_gallery = gr.Gallery(label="Or pick a catalog example", columns=4, height=260,
+                                              allow_preview=False, elem_id="examples")
             with gr.Column(scale=2):
                 status = gr.Markdown(elem_id="status")
                 results = gr.Gallery(label="Most similar products", columns=5, height=520, elem_id="results")
-        inputs = [query, k, same_category, rerank_column, rerank_weight, history]
+        settings = [k, same_category, rerank_column, rerank_weight, history]
         outputs = [results, status, history]
-        button.click(search, inputs, outputs, api_name="search")
-        query.upload(search, inputs, outputs, api_name=False)
+        # Uploads reach `search` unprocessed: an undecodable file gets the page's own message, not
+        # Gradio's (which names the server's temporary path).
+        button.click(search, [query, *settings], outputs, api_name="search", preprocess=False)
+        query.upload(search, [query, *settings], outputs, api_visibility="private", preprocess=False)
+        examples_gallery.select(pick, settings, [query, *outputs], api_visibility="private")
+        demo.load(show_examples, None, examples_gallery, api_visibility="private")
+    return demo
 
-        def pick(evt: gr.SelectData):
-            return example_paths[evt.index]
 
-        examples_gallery.select(pick, None, query).then(search, inputs, outputs, api_name=False)
+def catalog_route(searcher: Searcher) -> APIRoute:
+    """GET /catalog/<item_id>: a catalog image by its id; nothing else on disk is reachable."""
+    paths = dict(zip(searcher.catalog["item_id"], searcher.catalog["path"]))
+
+    def image(item_id: str):
+        if item_id not in paths:
+            raise HTTPException(status_code=404, detail="no such catalog item")
+        return FileResponse(paths[item_id])
+
+    return APIRoute("/catalog/{item_id:path}", image, methods=["GET"])
+
+
+def launch(searcher: Searcher, info: dict, host: str = "127.0.0.1", port: int = 7860, **kwargs) -> gr.Blocks:
+    """Serve the page (and its `search` API) on host:port; loopback unless told otherwise."""
+    demo = build_demo(searcher, info)
+    demo.queue(default_concurrency_limit=4).launch(
+        server_name=host, server_port=port, max_file_size=MAX_UPLOAD_BYTES, show_error=True,
+        app_kwargs={"routes": [catalog_route(searcher)]}, **kwargs)
     return demo
 
 
@@ -117,11 +169,7 @@ def main(argv=None):
     cfg = compose_config(*([f"tracking.uri={args.tracking_uri}"] if args.tracking_uri else []))
     tracking.configure(cfg.tracking)
     _, searcher = tracking.load_model(args.model_uri)
-    demo = build_demo(searcher, tracking.model_info(args.model_uri))
-    roots = sorted({os.path.dirname(p) for p in searcher.catalog["path"]})  # catalog images only
-    demo.queue(default_concurrency_limit=4).launch(
-        server_name=args.host, server_port=args.port, allowed_paths=roots,
-        max_file_size=MAX_UPLOAD_BYTES, show_error=True)
+    launch(searcher, tracking.model_info(args.model_uri), args.host, args.port)
 
 
 if __name__ == "__main__":

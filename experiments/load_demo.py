@@ -2,7 +2,8 @@
 
     .venv/bin/python experiments/load_demo.py [--clients 20] [--queries 10]
 
-Serves the products catalog through the same build_demo() as demo.py; reports errors and latency.
+Serves the products catalog through the same launch() as demo.py; reports errors and latency (answers
+carry result image URLs; the clients do not fetch them).
 """
 from __future__ import annotations
 
@@ -33,14 +34,12 @@ def main():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    blocks = demo.build_demo(searcher, {"model_uri": "products (benchmark)"})
-    blocks.queue(default_concurrency_limit=4).launch(server_name="127.0.0.1", server_port=port,
-                                                     prevent_thread_lock=True, quiet=True,
-                                                     allowed_paths=[str(DEFAULT_CATALOG / "images")])
+    blocks = demo.launch(searcher, {"model_uri": "products (benchmark)"}, "127.0.0.1", port,
+                         prevent_thread_lock=True, quiet=True)
     paths = items["path"].sample(args.clients * args.queries, random_state=0).tolist()
 
     def session(c):
-        client, out = Client(f"http://127.0.0.1:{port}/", verbose=False), []
+        client, out = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False), []
         for q in range(args.queries):
             t0 = time.perf_counter()
             try:

@@ -40,6 +40,23 @@ def instantiate(spec, **kwargs):
         raise
 
 
+def check_writable_dir(directory, what: str) -> None:
+    """`directory` exists and is writable, or could be created: creates nothing, so a failed check
+    leaves nothing behind."""
+    import tempfile
+
+    directory = Path(directory).expanduser().absolute()
+    existing = directory
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise HarnessError(f"{what}: cannot create {directory} ({existing} is not a folder).")
+    try:  # permissions alone can mislead (root, read-only mounts, /proc): write and remove a file
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as exc:
+        raise HarnessError(f"{what}: cannot write to {existing} ({exc.strerror}).") from None
+
+
 def _whole(value, name: str, minimum: int, allow_none: bool = False):
     if value is None and allow_none:
         return

@@ -55,6 +55,16 @@ def aggregate(per_fold: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
+def check_k(k, folds: list[Fold]) -> int:
+    """k must be a whole number >= 1 and no larger than any fold's catalog."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise HarnessError(f"k must be a whole number >= 1, got {k!r}.")
+    smallest = min((len(f.ref_idx) for f in folds), default=0)
+    if k > smallest:
+        raise HarnessError(f"k={k} is larger than the catalog searched ({smallest} images).")
+    return int(k)
+
+
 def evaluate(emb, catalog: Catalog, folds: list[Fold], metric: Distance, evaluators, k: int, *,
              index: str = "exact", within: str | None = None, store=None, **index_params) -> Evaluation:
     """Search each fold's queries among its references and score the rankings.
@@ -70,11 +80,9 @@ def evaluate(emb, catalog: Catalog, folds: list[Fold], metric: Distance, evaluat
     emb = as_matrix(emb, "emb")
     if len(emb) != len(catalog):
         raise HarnessError(f"emb has {len(emb)} rows for a catalog of {len(catalog)} images.")
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise HarnessError(f"k must be a whole number >= 1, got {k!r}.")
-    k = int(k)
     if not folds:
         raise HarnessError("evaluate needs at least one fold (a protocol's split).")
+    k = check_k(k, [Fold(f.query_idx, f.ref_idx[~metric.degenerate(emb[f.ref_idx])]) for f in folds])
     evaluators = list(evaluators.values()) if isinstance(evaluators, Mapping) else list(evaluators)
     if not all(isinstance(ev, Evaluator) for ev in evaluators):
         raise HarnessError("evaluators must be Evaluator instances.")
@@ -93,12 +101,8 @@ def evaluate(emb, catalog: Catalog, folds: list[Fold], metric: Distance, evaluat
 
     t0 = time.perf_counter()
     searched = []  # per fold: (query rows, reference rows, ranked rows, ranked distances)
-    for number, fold in enumerate(folds):
+    for fold in folds:
         queries, refs = fold.query_idx[keep[fold.query_idx]], fold.ref_idx[keep[fold.ref_idx]]
-        if len(refs) == 0:
-            raise HarnessError(f"fold {number} has no catalog image to search.")
-        if k > len(refs):
-            raise HarnessError(f"k={k} is larger than the catalog searched ({len(refs)} images).")
         # One search per fold, as deep as any evaluator reads (the whole ranking for the ranking metrics).
         depth = len(refs) if None in depths else min(len(refs), max([k, *depths]))
         grouped = GroupedIndex(emb[refs], metric, None if groups is None else groups[refs], index, **index_params)

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
+from harness import liveness
 from harness.backbones.base import Backbone, describe
 from harness.data.images import BadImage, content_hash, decode_image
 from harness.store import FeatureStore
@@ -25,6 +27,7 @@ class Features:
     extracted: int = 0              # images embedded in this call (the rest came from the store)
     seconds: float = 0.0            # wall time of the whole feature stage
     embed_seconds: float = 0.0      # wall time of decoding + embedding the new images
+    wait_seconds: float = 0.0       # waiting for images another run was embedding (not in embed_seconds)
     compile_seconds: float = 0.0    # compiling the network first (extract.compile), not in embed_seconds
     fingerprint: str = ""
     hashes: list = field(default_factory=list)  # content hash per image (None if unreadable)
@@ -37,6 +40,8 @@ class Features:
             out["images_per_second"] = self.extracted / self.embed_seconds
         if self.compile_seconds:
             out["compile_seconds"] = self.compile_seconds
+        if self.wait_seconds:
+            out["shared_wait_seconds"] = self.wait_seconds
         return out
 
 
@@ -77,6 +82,25 @@ def hash_files(paths: list[str]) -> tuple[list[str | None], dict[int, str]]:
     return hashes, failed
 
 
+class _Claiming(Sampler):
+    """Yields the images to embed block by block, claiming each block in the store first and skipping
+    what another run holds: a DataLoader draws from it as it goes, so claims stay close to the work."""
+
+    def __init__(self, order: list[int], hashes: list, store: FeatureStore, fingerprint: str, owner: str,
+                 block: int):
+        self.order, self.hashes, self.store, self.fingerprint, self.owner = order, hashes, store, fingerprint, owner
+        self.block = block
+
+    def __iter__(self):
+        for start in range(0, len(self.order), self.block):
+            part = self.order[start:start + self.block]
+            mine = self.store.claim(self.fingerprint, [self.hashes[i] for i in part], self.owner)
+            yield from (i for i in part if self.hashes[i] in mine)
+
+    def __len__(self):
+        return len(self.order)
+
+
 def extract(paths: list[str], backbone: Backbone, preprocess, store: FeatureStore,
             batch_size: int = 32, num_workers: int = 2, progress: bool = True) -> Features:
     t0 = time.perf_counter()
@@ -91,26 +115,44 @@ def extract(paths: list[str], backbone: Backbone, preprocess, store: FeatureStor
         if h and h not in cached and h not in todo:
             todo[h] = i
     compile_seconds = backbone.compile_network(batch_size) if todo and backbone.compile else 0.0
-    t_embed = time.perf_counter()
+    t_embed, waited, embedded = time.perf_counter(), 0.0, 0
+    owner = f"{liveness.me()}:{uuid.uuid4().hex[:8]}"
     if todo:
         log.info("extracting %d images with %s (%s); %d from the feature store",
                  len(todo), backbone.arch, backbone.precision, len(paths) - len(todo) - len(failed))
-        order = list(todo.values())
-        loader = DataLoader(_Decode([paths[i] for i in order], preprocess), batch_size=batch_size,
-                            num_workers=num_workers, collate_fn=_collate)
-        with tqdm(total=len(order), desc=f"extract {backbone.arch}", unit="img", disable=None if progress else True, mininterval=2) as bar:
-            for batch in loader:
-                good = [(order[j], t) for j, t, _ in batch if t is not None]
-                for j, _, reason in batch:
-                    if reason:
-                        failed[order[j]] = reason
-                if good:
-                    vecs = backbone.embed(torch.stack([t for _, t in good]))
-                    new = [hashes[i] for i, _ in good]
-                    store.put(fingerprint, new, vecs)
-                    cached.update(zip(new, vecs.astype(store.dtype).astype(np.float32)))
-                bar.update(len(batch))
-    embed_seconds = time.perf_counter() - t_embed
+    with tqdm(total=len(todo), desc=f"extract {backbone.arch}", unit="img", disable=None if progress else True,
+              mininterval=2) as bar:
+        try:
+            pending = list(todo.values())
+            while pending:
+                loader = DataLoader(_Decode(paths, preprocess), batch_size=batch_size, num_workers=num_workers,
+                                    collate_fn=_collate,
+                                    sampler=_Claiming(pending, hashes, store, fingerprint, owner, 8 * batch_size))
+                for batch in loader:
+                    good = [(i, t) for i, t, _ in batch if t is not None]
+                    failed.update({i: reason for i, _, reason in batch if reason})
+                    if good:
+                        vecs = backbone.embed(torch.stack([t for _, t in good]))
+                        new = [hashes[i] for i, _ in good]
+                        store.put(fingerprint, new, vecs)
+                        cached.update(zip(new, vecs.astype(store.dtype).astype(np.float32)))
+                        embedded += len(good)
+                    bar.update(len(batch))
+                # What other runs held: read it as it lands; claim it if its owner died or its lease ran out.
+                t_wait = time.perf_counter()
+                pending = [i for i in pending if hashes[i] not in cached and i not in failed]
+                while pending:
+                    arrived = store.get(fingerprint, [hashes[i] for i in pending])
+                    cached.update(arrived)
+                    bar.update(len(arrived))
+                    pending = [i for i in pending if hashes[i] not in cached]
+                    if not pending or store.claim(fingerprint, [hashes[i] for i in pending], owner):
+                        break
+                    time.sleep(0.5)
+                waited += time.perf_counter() - t_wait
+        finally:
+            store.release(fingerprint, owner)
+    embed_seconds = time.perf_counter() - t_embed - waited
     for i, reason in sorted(failed.items()):
         log.warning("skipped %s: %s", paths[i], reason)
     emb = np.zeros((len(paths), dim), dtype=np.float32)
@@ -124,7 +166,6 @@ def extract(paths: list[str], backbone: Backbone, preprocess, store: FeatureStor
         if h in bad_hashes and i not in failed:
             failed[i] = "duplicate of a skipped file"
     skipped = [(paths[i], failed[i]) for i in sorted(failed)]
-    return Features(emb, valid, skipped, extracted=len(todo) - len([i for i in todo.values() if i in failed]),
-                    seconds=time.perf_counter() - t0, embed_seconds=embed_seconds,
-                    compile_seconds=compile_seconds, fingerprint=fingerprint,
-                    hashes=hashes)
+    return Features(emb, valid, skipped, extracted=embedded, seconds=time.perf_counter() - t0,
+                    embed_seconds=embed_seconds, wait_seconds=waited, compile_seconds=compile_seconds,
+                    fingerprint=fingerprint, hashes=hashes)

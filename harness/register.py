@@ -1,6 +1,7 @@
 """python -m harness.register [--sweep RUN_ID] [--metric NAME] [overrides]: re-select the champion.
 
-Picks the best finished child of a sweep (default: the latest) by the metric (default
+Picks the best finished child of a sweep (default: the newest sweep whose every job finished; others
+are named and passed over) by the metric (default
 selection.metric; its cross-validated mean when present; ties → the faster extractor), registers
 its model under serving.model_name and points the `champion` alias at it.
 """
@@ -16,13 +17,17 @@ from harness.errors import HarnessError
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness.register", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sweep", help="parent run id (default: the latest sweep)")
+    parser.add_argument("--sweep", help="parent run id (default: the newest sweep whose every job finished)")
+    parser.add_argument("--allow-incomplete", action="store_true",
+                        help="use a sweep that did not finish (running, interrupted, failed jobs)")
     parser.add_argument("--metric", help="selection metric (default: selection.metric)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
     cfg = compose_config(*args.overrides)
-    sweep = args.sweep or tracking.latest_sweep(cfg.tracking)
-    children = [c for c in tracking.sweep_children(cfg.tracking, sweep) if c["params"]]
+    sweep = tracking.pick_sweep(cfg.tracking, args.sweep, args.allow_incomplete)
+    children = [c for c in tracking.sweep_children(cfg.tracking, sweep) if c["model_uri"]]
+    if not children:
+        raise HarnessError(f"Sweep {sweep} has no finished run with a logged model.")
     best = tracking.select_champion(children, args.metric or cfg.selection.metric)
     version = tracking.register_champion(best["run_id"], cfg.serving.model_name)
     print(f"models:/{cfg.serving.model_name}@champion → version {version}, run {best['run_id']}")

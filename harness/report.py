@@ -128,12 +128,14 @@ def charts(table: pd.DataFrame, cols: list[str], out: Path, sweep: str) -> list[
 def main(argv=None) -> Path:
     parser = argparse.ArgumentParser(prog="python -m harness.report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sweep", help="parent run id (default: the latest sweep)")
+    parser.add_argument("--sweep", help="parent run id (default: the newest sweep whose every job finished)")
+    parser.add_argument("--allow-incomplete", action="store_true",
+                        help="use a sweep that did not finish (running, interrupted, failed jobs)")
     parser.add_argument("--out", type=Path, default=ROOT / "experiments" / "reports")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. tracking.experiment=NAME")
     args = parser.parse_args(argv)
     cfg = compose_config(*args.overrides)
-    sweep = args.sweep or tracking.latest_sweep(cfg.tracking)
+    sweep = tracking.pick_sweep(cfg.tracking, args.sweep, args.allow_incomplete)
     children = tracking.sweep_children(cfg.tracking, sweep)
     if not children:
         raise HarnessError(f"Sweep {sweep} has no finished child runs.")

@@ -12,9 +12,10 @@ from omegaconf import DictConfig
 from harness import tracking
 from harness.backbones import build_backbone
 from harness.config import instantiate, validate
-from harness.evaluate import evaluate
+from harness.evaluate import check_k, evaluate
 from harness.extract import extract
 from harness.protocols import restrict
+from harness.search import index_class
 from harness.serving.searcher import Searcher, Settings
 from harness.store import FeatureStore
 
@@ -29,10 +30,14 @@ def build_evaluators(cfg: DictConfig) -> dict:
 def run(cfg: DictConfig) -> dict[str, float]:
     validate(cfg)
     catalog, folds = instantiate(cfg.protocol).split(instantiate(cfg.dataset).load())
+    check_k(cfg.k, folds)
     backbone, preprocess, metric = build_backbone(cfg), instantiate(cfg.preprocess), instantiate(cfg.metric)
     evaluators = build_evaluators(cfg)
     run_name = f"{backbone.arch}-{cfg.layer.name}-{preprocess.name}-{metric!r}".lower()
-    backbone.check_weights()  # a bad weights file fails before the store or the tracking run exist
+    # Every setting that can be checked is, before a tracking run or the feature store file exists.
+    backbone.check_weights()
+    FeatureStore.check(cfg.store.path)
+    index_class(cfg.search.index, metric, dict(cfg.search.params))
     with tracking.job_run(cfg, run_name) as job:
         store = FeatureStore(cfg.store.path, cfg.store.dtype)
         try:
@@ -59,7 +64,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
                     columns = [c for c in catalog.items.columns if c not in ("content_hash", "split", "distractor")]
                     directory = Searcher.write(Path(tmp) / "searcher", settings, catalog.items[served][columns],
                                                feats.emb[feats.valid][served])
-                    job.log_search_model(directory, cfg.serving.model_name if cfg.serving.register else None)
+                    job.log_search_model(directory, cfg.serving.model_name if cfg.serving.register else None,
+                                         metrics.get(cfg.selection.metric))
             ids = catalog.items["item_id"].to_numpy()
             store.put_neighbours(job.run_id, ids[result.query_rows],
                                  np.where(result.indices >= 0, ids[np.maximum(result.indices, 0)], ""), result.distances)

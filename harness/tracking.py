@@ -1,6 +1,10 @@
 """Everything MLflow: experiments, runs, params, metrics, artifacts, the sweep's parent run.
 
-No other module imports mlflow.
+No other module imports mlflow. Besides logging, this module keeps the store usable whatever happens
+to a run: the database is created under a file lock (MLflow's schema creation races between
+processes), an unreachable or unwritable store fails in one line before any work, an interrupted run
+is marked KILLED, and a run left RUNNING by a killed process is recognised (its process is gone, or
+its heartbeat stopped) so that reports and the champion never use an unfinished sweep.
 """
 from __future__ import annotations
 
@@ -10,39 +14,149 @@ import math
 import os
 import sys
 import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
 import uuid
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import mlflow
 import pandas as pd
+from filelock import FileLock
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobStatus
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
+from harness.config import check_writable_dir
+from harness import liveness
 from harness.errors import HarnessError
 
 log = logging.getLogger(__name__)
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 DISTRIBUTION = "fashion-retrieval-harness"
-SWEEP_ENV = "HARNESS_SWEEP_RUN_ID"  # set while a Hydra multirun is going: its jobs become child runs
+HEARTBEAT_SECONDS = 30   # a RUNNING run whose heartbeat is older than 4 of these has lost its process
+PROBE_SECONDS = 3        # an HTTP tracking server must answer /health within this
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def check(tracking: DictConfig) -> None:
+    """Before any work: the store can be written (sqlite) or answers (http), in one line if not."""
+    uri = tracking.uri
+    path = _sqlite_path(uri)
+    if path is not None:
+        check_writable_dir(path.parent, f"tracking.uri={uri}")
+        if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+            raise HarnessError(f"tracking.uri={uri}: cannot write {path}.")
+        check_writable_dir(tracking.artifact_root, f"tracking.artifact_root={tracking.artifact_root}")
+    elif uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=PROBE_SECONDS) as response:
+                response.read(64)
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise HarnessError(f"tracking.uri={uri}: no MLflow server answers there within {PROBE_SECONDS} s "
+                               f"({reason}). Start one (README: Scaling out) or use a sqlite:/// store.") from None
+
+
+_configured: dict[tuple[str, str], str] = {}
 
 
 def configure(tracking: DictConfig) -> str:
-    """Point MLflow at the configured store; create the experiment with artifacts beside the DB."""
-    if tracking.uri.startswith("sqlite:///"):
-        Path(tracking.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    """Point MLflow at the configured store (created or upgraded under a file lock beside a SQLite
+    database, so concurrent first runs cannot race in MLflow's migrations); create the experiment with
+    its artifacts beside the database. Returns the experiment id."""
+    key = (tracking.uri, tracking.experiment)
     mlflow.set_tracking_uri(tracking.uri)
-    client = MlflowClient()
-    exp = client.get_experiment_by_name(tracking.experiment)
-    if exp is None:
-        root = Path(tracking.artifact_root).resolve() / tracking.experiment
-        exp_id = client.create_experiment(tracking.experiment, artifact_location=root.as_uri())
-    else:
-        exp_id = exp.experiment_id
-    mlflow.set_experiment(experiment_id=exp_id)
-    return exp_id
+    if key not in _configured:
+        check(tracking)
+        path = _sqlite_path(tracking.uri)
+        try:
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(f"{path}.lock") if path is not None else nullcontext():
+                client = MlflowClient()
+                exp = client.get_experiment_by_name(tracking.experiment)  # creates the schema if needed
+                if exp is None:
+                    root = Path(tracking.artifact_root).resolve() / tracking.experiment
+                    client.create_experiment(tracking.experiment, artifact_location=root.as_uri())
+                    exp = client.get_experiment_by_name(tracking.experiment)
+        except MlflowException as exc:
+            first = str(exc.message).strip().splitlines()[0][:300] if str(exc.message).strip() else type(exc).__name__
+            raise HarnessError(f"tracking.uri={tracking.uri}: the MLflow store cannot be used ({first}).") from None
+        except OSError as exc:
+            raise HarnessError(f"tracking.uri={tracking.uri}: cannot create it ({exc.strerror}).") from None
+        _configured[key] = exp.experiment_id
+    mlflow.set_experiment(experiment_id=_configured[key])
+    return _configured[key]
+
+
+# -- liveness: which RUNNING runs still have a process behind them -------------------------------
+
+def _identity() -> dict[str, str]:
+    return {"harness.process": liveness.me(), "harness.heartbeat": str(int(time.time()))}
+
+
+def run_state(run) -> str:
+    """finished | failed | killed | running | lost (RUNNING, but its process is gone)."""
+    status = run.info.status
+    if status != "RUNNING":
+        return status.lower()
+    tags = run.data.tags
+    here = liveness.alive(tags["harness.process"]) if "harness.process" in tags else None
+    if here is not None:
+        return "running" if here else "lost"
+    beat = tags.get("harness.heartbeat")
+    if beat is None or time.time() - float(beat) > 4 * HEARTBEAT_SECONDS:
+        return "lost"
+    return "running"
+
+
+class _Heartbeat:
+    """Refreshes `harness.heartbeat` on this process's open runs, so other machines can tell them alive."""
+
+    def __init__(self):
+        self.runs: set[str] = set()
+        self._thread: threading.Thread | None = None
+
+    def add(self, run_id: str) -> None:
+        self.runs.add(run_id)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._beat, name="mlflow-heartbeat", daemon=True)
+            self._thread.start()
+
+    def _beat(self) -> None:
+        while True:
+            time.sleep(HEARTBEAT_SECONDS)
+            for run_id in list(self.runs):
+                try:
+                    MlflowClient().set_tag(run_id, "harness.heartbeat", str(int(time.time())))
+                except Exception:  # a missed beat is no reason to disturb the run
+                    pass
+
+
+_heartbeat = _Heartbeat()
+_open_sweeps: set[str] = set()
+
+
+def interrupted() -> None:
+    """Ctrl-C or SIGTERM: the open sweep runs of this process end as KILLED (job runs did already)."""
+    for run_id in list(_open_sweeps):
+        try:
+            MlflowClient().set_terminated(run_id, status="KILLED")
+        except Exception:
+            pass
+        _open_sweeps.discard(run_id)
+        _heartbeat.runs.discard(run_id)
 
 
 def flatten(cfg: dict, prefix: str = "") -> dict[str, str]:
@@ -97,8 +211,8 @@ class Job:
                 _write(obj, Path(tmp) / name)
             mlflow.log_artifacts(tmp)
 
-    def log_search_model(self, directory: Path, register_as: str | None) -> str:
-        return log_search_model(directory, register_as)
+    def log_search_model(self, directory: Path, register_as: str | None, score: float | None = None) -> str:
+        return log_search_model(directory, register_as, score)
 
 
 class LocalJob(Job):
@@ -114,33 +228,60 @@ class LocalJob(Job):
     def log_artifacts(self, artifacts):
         pass
 
-    def log_search_model(self, directory, register_as):
+    def log_search_model(self, directory, register_as, score=None):
         raise HarnessError("serving.log_model needs tracking (an MLflow store to log the model to).")
+
+
+def _sweep_dir() -> str | None:
+    """The output folder of the multirun this job belongs to (None outside a multirun)."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return str(HydraConfig.get().sweep.dir)
+
+
+def _sweep_run_id(exp_id: str) -> str | None:
+    """The parent run of this job's sweep, found by the sweep's output folder (every job of one multirun
+    has the same, wherever it runs), not by a variable a remote launcher would not pass on."""
+    sweep_dir = _sweep_dir()
+    if sweep_dir is None:
+        return None
+    runs = MlflowClient().search_runs([exp_id], f"tags.`harness.sweep_dir` = '{sweep_dir}'",
+                                      order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id if runs else None
 
 
 @contextmanager
 def job_run(cfg: DictConfig, run_name: str):
-    """One MLflow run per job, nested under the sweep's run during a multirun."""
+    """One MLflow run per job, nested under the sweep's run during a multirun. Ctrl-C or SIGTERM end
+    it as KILLED."""
     if not enabled(cfg):
         yield LocalJob()
         return
-    configure(cfg.tracking)
-    parent = os.environ.get(SWEEP_ENV)
-    with mlflow.start_run(run_name=run_name, parent_run_id=parent) as run:
-        resolved = OmegaConf.to_container(cfg, resolve=True)
-        mlflow.log_params({k: v[:6000] for k, v in flatten(resolved).items()})
-        mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
-        yield Job(run.info.run_id)
+    exp_id = configure(cfg.tracking)
+    with mlflow.start_run(run_name=run_name, parent_run_id=_sweep_run_id(exp_id), tags=_identity()) as run:
+        _heartbeat.add(run.info.run_id)
+        try:
+            resolved = OmegaConf.to_container(cfg, resolve=True)
+            mlflow.log_params({k: v[:6000] for k, v in flatten(resolved).items()})
+            mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+            yield Job(run.info.run_id)
+        except KeyboardInterrupt:
+            mlflow.end_run(status="KILLED")
+            raise
+        finally:
+            _heartbeat.runs.discard(run.info.run_id)
 
 
 class SweepCallback(Callback):
-    """Hydra callback: a multirun is one parent MLflow run with a child run per job."""
+    """Hydra callback: a multirun is one parent MLflow run with a child run per job. The parent ends
+    FINISHED only when every job succeeded; only then is the champion registered."""
 
     def __init__(self):
         self.failures: list[str] = []
+        self.run_id: str | None = None
 
     def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:
-        if isinstance(job_return.return_value, HarnessError):
+        if job_return.status != JobStatus.COMPLETED or isinstance(job_return._return_value, HarnessError):
             self.failures.append(" ".join(config.hydra.overrides.task))
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
@@ -148,45 +289,74 @@ class SweepCallback(Callback):
             return
         exp_id = configure(config.tracking)
         overrides = " ".join(config.hydra.overrides.task)
-        run = MlflowClient().create_run(exp_id, run_name=f"sweep {overrides}".strip(),
-                                        tags={"harness.sweep": "true", "harness.overrides": overrides})
-        os.environ[SWEEP_ENV] = run.info.run_id
+        run = MlflowClient().create_run(exp_id, run_name=f"sweep {overrides}".strip(), tags={
+            "harness.sweep": "true", "harness.overrides": overrides, "harness.sweep_dir": str(config.hydra.sweep.dir),
+            **_identity()})
+        self.run_id = run.info.run_id
+        _open_sweeps.add(self.run_id)
+        _heartbeat.add(self.run_id)
         log.info("sweep run %s", run.info.run_id)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        run_id = os.environ.pop(SWEEP_ENV, None)
-        if run_id:
-            MlflowClient().set_terminated(run_id, status="FAILED" if self.failures else "FINISHED")
+        if self.run_id:
+            client = MlflowClient()
+            client.set_tag(self.run_id, "harness.jobs_failed", str(len(self.failures)))
+            client.set_terminated(self.run_id, status="FAILED" if self.failures else "FINISHED")
+            _open_sweeps.discard(self.run_id)
+            _heartbeat.runs.discard(self.run_id)
             if config.serving.log_model and config.serving.register:
-                children = [c for c in sweep_children(config.tracking, run_id) if "harness.model_uri" in
-                            MlflowClient().get_run(c["run_id"]).data.tags]
-                if children:
-                    best = select_champion(children, config.selection.metric)
-                    register_champion(best["run_id"], config.serving.model_name)
+                if self.failures:
+                    print(f"not registering a champion: {len(self.failures)} job(s) of the sweep failed "
+                          f"(python -m harness.register --sweep {self.run_id} --allow-incomplete does it anyway)",
+                          file=sys.stderr)
+                else:
+                    children = [c for c in sweep_children(config.tracking, self.run_id) if c["model_uri"]]
+                    if children:
+                        best = select_champion(children, config.selection.metric)
+                        register_champion(best["run_id"], config.serving.model_name)
         if self.failures:
-            log.error("%d job(s) failed: %s", len(self.failures), "; ".join(self.failures))
+            print(f"error: {len(self.failures)} job(s) failed: {'; '.join(self.failures)}", file=sys.stderr)
             sys.exit(2)
 
 
 # Reading runs back (the sweep report, champion selection).
 
-def latest_sweep(tracking: DictConfig) -> str:
+def pick_sweep(tracking: DictConfig, sweep_id: str | None = None, allow_incomplete: bool = False) -> str:
+    """The sweep to report on or pick the champion from: `sweep_id`, or the newest whose every job
+    finished. A sweep that did not finish (still running, killed, lost its process, had failed jobs)
+    is used only with `allow_incomplete`, and every one passed over is named."""
     exp_id = configure(tracking)
-    runs = MlflowClient().search_runs([exp_id], "tags.`harness.sweep` = 'true'",
-                                      order_by=["attributes.start_time DESC"], max_results=1)
-    if not runs:
-        raise HarnessError(f"No sweep in experiment '{tracking.experiment}' at {tracking.uri}; run "
-                           "`python -m harness -m ...` first or pass --sweep RUN_ID.")
-    return runs[0].info.run_id
+    client = MlflowClient()
+    if sweep_id:
+        run = client.get_run(sweep_id)
+        state = run_state(run)
+        if state != "finished" and not allow_incomplete:
+            raise HarnessError(f"sweep {sweep_id} did not finish ({_describe(run, state)}); pass "
+                               "--allow-incomplete to use its finished runs anyway.")
+        return sweep_id
+    runs = client.search_runs([exp_id], "tags.`harness.sweep` = 'true'", order_by=["attributes.start_time DESC"])
+    for run in runs:
+        state = run_state(run)
+        if state == "finished" or allow_incomplete:
+            return run.info.run_id
+        print(f"skipping sweep {run.info.run_id} ({run.info.run_name}): {_describe(run, state)}", file=sys.stderr)
+    raise HarnessError(f"No finished sweep in experiment '{tracking.experiment}' at {tracking.uri}; run "
+                       "`python -m harness -m ...` first, or pass --sweep RUN_ID --allow-incomplete.")
+
+
+def _describe(run, state: str) -> str:
+    failed = run.data.tags.get("harness.jobs_failed")
+    return {"running": "still running", "lost": "left RUNNING by a process that is gone (killed?)",
+            "killed": "interrupted", "failed": f"{failed or 'some'} job(s) failed"}.get(state, state)
 
 
 def sweep_children(tracking: DictConfig, sweep_id: str) -> list[dict]:
-    """Finished child runs of a sweep: run id, params, metrics."""
+    """Finished child runs of a sweep: run id, params, metrics, logged model."""
     exp_id = configure(tracking)
     runs = MlflowClient().search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{sweep_id}'",
                                       order_by=["attributes.start_time ASC"])
-    return [{"run_id": r.info.run_id, "params": r.data.params, "metrics": r.data.metrics}
-            for r in runs if r.info.status == "FINISHED"]
+    return [{"run_id": r.info.run_id, "params": r.data.params, "metrics": r.data.metrics,
+             "model_uri": r.data.tags.get("harness.model_uri")} for r in runs if r.info.status == "FINISHED"]
 
 
 def read_csv_artifact(run_id: str, name: str, dst: Path):
@@ -219,11 +389,11 @@ def _model_requirements() -> list[str] | None:
     return [r for r in requires if "extra ==" not in r]
 
 
-def log_search_model(searcher_dir: Path, register_as: str | None = None) -> str:
+def log_search_model(searcher_dir: Path, register_as: str | None = None, score: float | None = None) -> str:
     """Log the searcher files as a pyfunc model (models-from-code); returns its model URI.
 
-    Outside a sweep, `register_as` registers it as that model's champion at once; in a sweep the
-    SweepCallback registers the best child when the sweep ends.
+    Outside a sweep, `register_as` registers it as that model's champion at once, if its selection
+    `score` is a finite number; in a sweep the SweepCallback registers the best child when it ends.
     """
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
@@ -242,8 +412,11 @@ def log_search_model(searcher_dir: Path, register_as: str | None = None) -> str:
                                        artifacts={"searcher": str(searcher_dir)}, signature=signature,
                                        pip_requirements=_model_requirements())
     mlflow.set_tag("harness.model_uri", info.model_uri)
-    if register_as and not os.environ.get(SWEEP_ENV):
-        register_champion(mlflow.active_run().info.run_id, register_as)
+    if register_as and _sweep_dir() is None:
+        if score is None or not math.isfinite(score):
+            print(f"not registering {register_as}: its selection metric is {score}", file=sys.stderr)
+        else:
+            register_champion(mlflow.active_run().info.run_id, register_as)
     return info.model_uri
 
 
@@ -265,13 +438,17 @@ def select_champion(children: list[dict], metric: str) -> dict:
     for c in children:
         arch = c["params"].get("backbone.arch")
         speed[arch] = max(speed.get(arch, 0.0), c["metrics"].get("images_per_second", 0.0))
-    scored = [c for c in children if f"{metric}_mean" in c["metrics"] or metric in c["metrics"]]
+
+    def score(c):
+        m = c["metrics"]
+        return m.get(f"{metric}_mean", m.get(metric))
+
+    scored = [c for c in children if score(c) is not None and math.isfinite(score(c))]
     if not scored:
-        raise HarnessError(f"No run of the sweep logged {metric}.")
+        raise HarnessError(f"No run of the sweep logged a finite {metric}.")
 
     def key(c):
-        m = c["metrics"]
-        return (m.get(f"{metric}_mean", m.get(metric)), speed.get(c["params"].get("backbone.arch"), 0.0))
+        return (score(c), speed.get(c["params"].get("backbone.arch"), 0.0))
     return max(scored, key=key)
 
 

@@ -29,10 +29,8 @@ def page(served):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    blocks = demo.build_demo(served["searcher"], tracking.model_info(URI))
-    blocks.queue(default_concurrency_limit=4).launch(
-        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-        allowed_paths=[str(served["catalog"] / "images")])
+    blocks = demo.launch(served["searcher"], tracking.model_info(URI), "127.0.0.1", port,
+                         prevent_thread_lock=True, quiet=True)
     yield {"demo": demo, "url": f"http://127.0.0.1:{port}/", **served}
     blocks.close()
 
@@ -40,30 +38,77 @@ def page(served):
 def test_search_function_in_process(page, tmp_path):
     demo, searcher = page["demo"], page["searcher"]
     item = pd.read_csv(page["catalog"] / "manifest.csv").iloc[4]
-    gallery, status, history = demo.run_search(searcher, str(page["catalog"] / item["path"]), 5, True, "margin", 0.0, [])
-    assert len(gallery) == 5 and gallery[0][1].startswith(f"#1 {item['item_id']}")
+    upload = {"path": str(page["catalog"] / item["path"])}  # what Gradio hands over for an upload
+    gallery, status, history = demo.run_search(searcher, upload, 5, True, "margin", 0.0, [], "http://shop/")
+    assert len(gallery) == 5 and gallery[0] == (f"http://shop/catalog/{item['item_id']}", gallery[0][1])
+    assert gallery[0][1].startswith(f"#1 {item['item_id']}")
     assert "Predicted category: **" + item["category"] in status and history == [item["item_id"]]
     (tmp_path / "notes.jpg").write_text("not an image")
     (tmp_path / "empty.png").write_bytes(b"")
     Image.new("1", (10_000, 10_000)).save(tmp_path / "bomb.png")
-    for bad in ("notes.jpg", "empty.png", "bomb.png"):
-        gallery, status, history2 = demo.run_search(searcher, str(tmp_path / bad), 5, False, "", 0.0, history)
+    for bad in ({"path": str(tmp_path / "notes.jpg")}, {"path": str(tmp_path / "empty.png")},
+                {"path": str(tmp_path / "bomb.png")}, {"path": "http://169.254.169.254/latest"}, {"url": "x"}):
+        gallery, status, history2 = demo.run_search(searcher, bad, 5, False, "", 0.0, history)
         assert gallery == [] and status.startswith("**Cannot use this file:**") and history2 == history
     assert demo.run_search(searcher, None, 5, False, "", 0.0, [])[0] == []
 
 
 def test_api_serves_concurrent_clients(page):
+    """Answers name result images by URL; a client fetches them from the page's /catalog route."""
+    import urllib.request
+
     from gradio_client import Client, handle_file
 
     paths = [str(page["catalog"] / p) for p in pd.read_csv(page["catalog"] / "manifest.csv")["path"][:20]]
 
     def client_session(path):
-        client = Client(page["url"], verbose=False)
+        client = Client(page["url"], verbose=False, download_files=False)
         return [client.predict(handle_file(path), 5, False, "", 0.0, api_name="/search") for _ in range(2)]
 
     with ThreadPoolExecutor(20) as pool:
         answers = list(pool.map(client_session, paths))
     assert all(len(gallery) == 5 for session in answers for gallery, *_ in session)
+    first = answers[0][0][0][0]["image"]["url"]
+    assert first.startswith(page["url"] + "catalog/")
+    with urllib.request.urlopen(first) as response:
+        assert response.headers["content-type"] == "image/jpeg" and Image.open(response).size == (72, 96)
+
+
+def test_public_api_is_search_only_and_a_bad_upload_gets_the_page_message(page, tmp_path):
+    from gradio_client import Client, handle_file
+
+    client = Client(page["url"], verbose=False, download_files=False)
+    api = client.view_api(print_info=False, return_format="dict")
+    assert list(api["named_endpoints"]) == ["/search"] and not api["unnamed_endpoints"]
+    (tmp_path / "notes.jpg").write_text("not an image")
+    gallery, status = client.predict(handle_file(str(tmp_path / "notes.jpg")), 5, False, "", 0.0, api_name="/search")
+    assert gallery == [] and status == "**Cannot use this file:** not an image."
+
+
+def test_no_server_path_in_config_or_answers_and_only_catalog_images_served(page):
+    import json
+    import urllib.error
+    import urllib.request
+
+    from gradio_client import Client, handle_file
+
+    config = urllib.request.urlopen(page["url"] + "config").read().decode()
+    client = Client(page["url"], verbose=False, download_files=False)
+    answer = json.dumps(client.predict(handle_file(str(page["catalog"] / "images" / "circle_red_0.jpg")), 5, False,
+                                       "", 0.0, api_name="/search"))
+    for text in (config, answer):
+        assert str(page["root"]) not in text and "/tmp/gradio" not in text and '"path": "/' not in text
+
+    def status(path):
+        try:
+            return urllib.request.urlopen(page["url"] + path).status
+        except urllib.error.HTTPError as err:
+            return err.code
+
+    assert status("catalog/circle-red-0") == 200
+    assert status("catalog/..%2F..%2F..%2Fetc%2Fpasswd") == 404 and status("catalog/nope") == 404
+    assert status("gradio_api/file=/etc/passwd") == 403
+    assert status(f"gradio_api/file={page['catalog']}/images/circle_red_0.jpg") == 403
 
 
 def test_page_in_headless_chromium(page):
@@ -88,5 +133,12 @@ def test_page_in_headless_chromium(page):
         upload.send_keys(str(page["catalog"] / "images" / "square_blue_1.jpg"))
         WebDriverWait(driver, 60).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results img")) >= 5)
         assert "Top 5 products" in driver.find_element(By.ID, "status").text
+        # the result thumbnails are loaded from the page's catalog route
+        sources = [img.get_attribute("src") for img in driver.find_elements(By.CSS_SELECTOR, "#results img")]
+        assert sources and all("/catalog/" in src for src in sources)
+        assert driver.execute_script("return document.querySelector('#results img').naturalWidth") > 0
+        # a catalog example is searched by its id
+        driver.find_elements(By.CSS_SELECTOR, "#examples img")[0].click()
+        WebDriverWait(driver, 60).until(lambda d: "Query: catalog example" in d.find_element(By.ID, "status").text)
     finally:
         driver.quit()

@@ -140,9 +140,16 @@ class Backbone:
     def _read_weights(self, mmap: bool = False) -> dict:
         path = Path(self.weights).expanduser()
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-        except Exception as exc:  # truncated, corrupt, pickled objects, not a torch file at all
-            reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            except RuntimeError:
+                if not mmap:
+                    raise
+                state = torch.load(path, map_location="cpu", weights_only=True)  # the legacy format cannot be mapped
+        except Exception:  # truncated, corrupt, pickled objects, not a torch file at all
+            with open(path, "rb") as fh:
+                zipped = fh.read(2) == b"PK"  # torch.save writes a zip archive
+            reason = "a truncated or corrupt archive" if zipped else "not a PyTorch checkpoint file"
             raise HarnessError(f"backbone.weights={path}: not a readable PyTorch state dict ({reason}).") from None
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]
