@@ -29,7 +29,7 @@ from harness.data.images import BadImage  # noqa: E402
 from harness.serving.searcher import MAX_UPLOAD_BYTES, Searcher  # noqa: E402
 
 DEFAULT_URI = "models:/fashion-visual-search@champion"
-HINT = "Upload, paste or take a photo, or pick a catalog example."
+HINT = "Upload, paste or take a photo, pick a catalog example, or describe the product in words."
 
 
 def numeric_columns(catalog: pd.DataFrame) -> list[str]:
@@ -55,16 +55,24 @@ def upload_file(value) -> Path | None:
 
 
 def run_search(searcher: Searcher, image, k: int, same_category: bool, rerank_column: str | None,
-               rerank_weight: float, history: list, base: str = ""):
-    """The page's search: (gallery of (image URL, caption), status text, updated per-user history)."""
-    try:
-        query = upload_file(image) if not isinstance(image, Path) else image
-        if query is None:
-            return [], HINT, history
-        table = searcher.search([query], k=int(k), within_category=same_category,
-                                rerank_column=rerank_column or None, rerank_weight=float(rerank_weight))[0]
-    except (BadImage, KeyError) as exc:
-        return [], f"**Cannot use this file:** {str(exc).strip(chr(39))}.", history
+               rerank_weight: float, history: list, base: str = "", text: str | None = None):
+    """The page's search, by photo or (when `text` is given) by words: (gallery of (image URL, caption),
+    status text, updated per-user history)."""
+    options = {"k": int(k), "within_category": same_category, "rerank_column": rerank_column or None,
+               "rerank_weight": float(rerank_weight)}
+    if text and text.strip():
+        try:
+            table = searcher.search_text([text], **options)[0]
+        except BadImage as exc:
+            return [], f"**Cannot search by these words:** {exc}", history
+    else:
+        try:
+            query = upload_file(image) if not isinstance(image, Path) else image
+            if query is None:
+                return [], HINT, history
+            table = searcher.search([query], **options)[0]
+        except BadImage as exc:
+            return [], f"**Cannot use this file:** {str(exc).strip(chr(39))}.", history
     levels = searcher.settings.levels
     gallery = []
     for row in table.itertuples():
@@ -72,7 +80,7 @@ def run_search(searcher: Searcher, image, k: int, same_category: bool, rerank_co
         if rerank_column:
             caption += f" · {rerank_column} {row.business_score:g}"
         gallery.append((image_url(base, row.item_id), f"#{row.rank} {row.item_id}: {caption}"))
-    status = f"Top {len(table)} products."
+    status = f"Top {len(table)} products" + (f" for “{text.strip()}”." if text and text.strip() else ".")
     if same_category:
         status += f" Predicted category: **{table['predicted_category'].iloc[0]}**."
     history = (history + [table["item_id"].iloc[0]])[-10:]
@@ -95,9 +103,9 @@ def build_demo(searcher: Searcher, info: dict, examples: int = 12, seed: int = 0
     example_ids = catalog["item_id"].iloc[picks].tolist()
     business = numeric_columns(catalog)
 
-    def search(image, k, same_category, rerank_column, rerank_weight, history, request: gr.Request):
+    def search(image, text, k, same_category, rerank_column, rerank_weight, history, request: gr.Request):
         return run_search(searcher, image, k, same_category, rerank_column, rerank_weight, history,
-                          str(request.base_url))
+                          str(request.base_url), text)
 
     def show_examples(request: gr.Request):
         return [(image_url(str(request.base_url), i), i) for i in example_ids]
@@ -116,6 +124,9 @@ def build_demo(searcher: Searcher, info: dict, examples: int = 12, seed: int = 0
             with gr.Column(scale=1):
                 query = gr.Image(label="Query photo", type="filepath", sources=["upload", "clipboard", "webcam"],
                                  elem_id="query")
+                # Words need a backbone with a text tower (OpenCLIP); for the others the box is hidden.
+                text = gr.Textbox(label="Or describe it", placeholder="red floral summer dress", max_length=1000,
+                                  visible=searcher.can_search_text, elem_id="text")
                 k = gr.Slider(1, 20, value=searcher.settings.k, step=1, label="k")
                 same_category = gr.Checkbox(label="Only the predicted category (per-category index)")
                 with gr.Accordion("Business re-ranking", open=False):
@@ -131,8 +142,9 @@ def build_demo(searcher: Searcher, info: dict, examples: int = 12, seed: int = 0
         outputs = [results, status, history]
         # Uploads reach `search` unprocessed: an undecodable file gets the page's own message, not
         # Gradio's (which names the server's temporary path).
-        button.click(search, [query, *settings], outputs, api_name="search", preprocess=False)
-        query.upload(search, [query, *settings], outputs, api_visibility="private", preprocess=False)
+        button.click(search, [query, text, *settings], outputs, api_name="search", preprocess=False)
+        query.upload(search, [query, text, *settings], outputs, api_visibility="private", preprocess=False)
+        text.submit(search, [query, text, *settings], outputs, api_visibility="private", preprocess=False)
         examples_gallery.select(pick, settings, [query, *outputs], api_visibility="private")
         demo.load(show_examples, None, examples_gallery, api_visibility="private")
     return demo

@@ -43,7 +43,7 @@ def main():
         for q in range(args.queries):
             t0 = time.perf_counter()
             try:
-                gallery, *_ = client.predict(handle_file(paths[c * args.queries + q]), 5, False, "", 0.0,
+                gallery, *_ = client.predict(handle_file(paths[c * args.queries + q]), "", 5, False, "", 0.0,
                                              api_name="/search")
                 out.append((time.perf_counter() - t0, len(gallery) == 5))
             except Exception as exc:  # count, don't stop: the point is to see errors

@@ -26,6 +26,7 @@ from harness.backbones import build_backbone
 from harness.config import ROOT, compose_config, instantiate
 from harness.data.images import decode_image
 from harness.extract import extract
+from harness.preprocess import build_preprocess
 from harness.store import FeatureStore
 
 DEFAULT_CATALOG = ROOT.parent / "shared" / "data" / "fashion-products"
@@ -64,7 +65,7 @@ def harness_path(cfg, paths: list[str], batch_size: int, precision: str = "auto"
     backbone = build_backbone(cfg, precision=precision, compile=compile)
     with tempfile.TemporaryDirectory() as tmp:
         store = FeatureStore(str(Path(tmp) / "f.sqlite"))
-        feats = extract(paths, backbone, instantiate(cfg.preprocess), store, batch_size=batch_size,
+        feats = extract(paths, backbone, build_preprocess(cfg.preprocess, backbone), store, batch_size=batch_size,
                         num_workers=cfg.extract.num_workers, progress=False)
         store.close()
     return feats
@@ -79,24 +80,35 @@ def topk_agreement(a: np.ndarray, b: np.ndarray, k: int = 5) -> float:
     return float(np.mean([len(set(p) & set(q)) / k for p, q in zip(*idx)]))
 
 
+def backbone_spec(entry: str) -> tuple[str, list[str]]:
+    """'name' or 'name:key=value,key=value' → (preset, overrides): a preset measured through another
+    architecture (an hf-hub preset offline: its architecture's built-in config, random weights)."""
+    name, _, rest = entry.partition(":")
+    return name, [f"backbone.{kv}" for kv in rest.split(",") if kv]
+
+
 def bench_extract(args) -> list[dict]:
     rows = []
-    for name in args.backbones:
+    for entry in args.backbones:
+        name, overrides = backbone_spec(entry)
         weights = "imagenet" if name == "efficientnet_lite0" else "random"
-        cfg = compose_config(f"backbone={name}", f"backbone.weights={weights}")
+        cfg = compose_config(f"backbone={name}", f"backbone.weights={weights}", *overrides)
         n = args.images if name != "vgg16" and name != "vgg19" else min(args.images, 512)
         paths = catalog_paths(args.catalog, n)
         backbone = build_backbone(cfg)
-        plain = plain_loop(backbone, instantiate(cfg.preprocess), paths[: args.plain_images])
+        plain = plain_loop(backbone, build_preprocess(cfg.preprocess, backbone), paths[: args.plain_images]) \
+            if args.plain_images else None
         for bs in args.batch_sizes:
             for compile in (False, True) if args.compile else (False,):
                 feats = harness_path(cfg, paths, bs, compile=compile)
                 ips = feats.extracted / feats.embed_seconds
-                rows.append({"backbone": name, "weights": weights, "images": len(paths), "batch_size": bs,
+                rows.append({"backbone": entry, "arch": backbone.arch, "weights": weights, "images": len(paths),
+                             "input_size": backbone.input_size, "dim": int(feats.emb.shape[1]), "batch_size": bs,
                              "precision": backbone.precision, "compiled": compile,
                              "harness_images_per_s": round(ips, 1), "compile_seconds": round(feats.compile_seconds, 1),
                              "feature_stage_seconds": round(feats.seconds, 1),
-                             "plain_fp32_images_per_s": round(plain, 1), "speedup": round(ips / plain, 2)})
+                             "plain_fp32_images_per_s": round(plain, 1) if plain else None,
+                             "speedup": round(ips / plain, 2) if plain else None})
                 print(rows[-1], flush=True)
     if args.agreement:
         cfg = compose_config("backbone=efficientnet_lite0")
@@ -282,7 +294,7 @@ def products_searcher(catalog: Path, *overrides: str):
     items = catalog.items
     backbone = build_backbone(cfg)
     store = FeatureStore(cfg.store.path, cfg.store.dtype)
-    feats = extract(items["path"].tolist(), backbone, instantiate(cfg.preprocess), store, progress=False)
+    feats = extract(items["path"].tolist(), backbone, build_preprocess(cfg.preprocess, backbone), store, progress=False)
     store.close()
     settings = Settings.from_cfg(cfg, catalog.root, {"run_id": "bench"})
     return Searcher(settings, items[feats.valid], feats.emb[feats.valid]), items
@@ -311,10 +323,11 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="section", required=True)
     ex = sub.add_parser("extract", help="extraction images/s: plain fp32 loop vs the harness path")
-    ex.add_argument("--backbones", nargs="+", default=["efficientnet_lite0", "resnet50", "vgg16"])
+    ex.add_argument("--backbones", nargs="+", default=["efficientnet_lite0", "resnet50", "vgg16"],
+                    help="presets, or preset:key=value,... (e.g. open_clip:arch=ViT-B-16,pretrained=null)")
     ex.add_argument("--catalog", type=Path, default=DEFAULT_CATALOG)
     ex.add_argument("--images", type=int, default=1024, help="images per harness-path measurement")
-    ex.add_argument("--plain-images", type=int, default=128)
+    ex.add_argument("--plain-images", type=int, default=128, help="0: skip the study's per-image loop")
     ex.add_argument("--batch-sizes", type=int, nargs="+", default=[8])
     ex.add_argument("--agreement", action="store_true", help="also fp32-vs-bf16 top-5 agreement")
     ex.add_argument("--compile", action="store_true", help="also with extract.compile=true (same run)")
@@ -347,13 +360,14 @@ def main(argv=None):
     for p in sub.choices.values():
         p.add_argument("--k", type=int, default=5)
         p.add_argument("--out", type=Path, default=ROOT / "experiments" / "bench")
+        p.add_argument("--name", help="JSON file name (default: the section's)")
     args = parser.parse_args(argv)
     sections = {"extract": bench_extract, "search": bench_search, "ann": bench_ann, "grid": bench_grid,
                 "serve": bench_serve, "peak": bench_peak}
     rows = sections[args.section](args)
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"section": args.section, "machine": machine(), "date": time.strftime("%Y-%m-%d"), "rows": rows}
-    path = args.out / f"{args.section}.json"
+    path = args.out / f"{args.name or args.section}.json"
     path.write_text(json.dumps(result, indent=2))
     print(pd.DataFrame(rows).to_string(index=False))
     print(f"written to {path}")

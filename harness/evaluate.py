@@ -43,6 +43,7 @@ class Evaluation:
     indices: np.ndarray                       # (Q, k) catalog rows of their neighbours, -1 where none
     distances: np.ndarray                     # (Q, k)
     excluded: list[tuple[int, str]] = field(default_factory=list)  # catalog rows left out, and why
+    projections: list = field(default_factory=list)  # each fold's FittedProjection (with a projection)
 
 
 def aggregate(per_fold: list[dict[str, float]]) -> dict[str, float]:
@@ -66,13 +67,17 @@ def check_k(k, folds: list[Fold]) -> int:
 
 
 def evaluate(emb, catalog: Catalog, folds: list[Fold], metric: Distance, evaluators, k: int, *,
-             index: str = "exact", within: str | None = None, store=None, **index_params) -> Evaluation:
+             index: str = "exact", within: str | None = None, projection=None, store=None, encode_text=None,
+             **index_params) -> Evaluation:
     """Search each fold's queries among its references and score the rankings.
 
     emb: (N, D) one vector per catalog row. folds: from a protocol's `split`. evaluators: a list or a
     {name: Evaluator} mapping. within: a label column; each query then searches only the catalog items
-    that share its label there (the study's per-category index). store: an optional per-image cache
-    for costly descriptors (colour/texture). index, index_params: see `harness.search`.
+    that share its label there (the study's per-category index). projection: a
+    `harness.projections.Projection`, fitted on each fold's reference rows (distractors left out) and
+    applied to its queries and references before the search. store: an optional per-image cache for
+    costly descriptors (colour/texture). encode_text: texts → (T, D) in emb's space, for evaluators that
+    search by words (a backbone's `embed_text`). index, index_params: see `harness.search`.
 
     Vectors the metric is undefined for (all-zero for cosine, constant for correlation) are left out as
     queries and as catalog items; they are listed in `excluded` and counted in `excluded_images`.
@@ -98,16 +103,37 @@ def evaluate(emb, catalog: Catalog, folds: list[Fold], metric: Distance, evaluat
     keep = ~degenerate
     groups = catalog.items[within].to_numpy(dtype=object) if within else None
     depths = [ev.depth for ev in evaluators]
+    if projection is not None:
+        level = projection.level or catalog.levels[-1]
+        if level not in catalog.items:
+            raise HarnessError(f"projection.level={level!r} is not a catalog column.")
+        fit_labels = catalog.items[level].to_numpy(dtype=object)
+    fitted = []
+    prompts = list(dict.fromkeys(q for ev in evaluators for q in ev.text_queries(catalog.items, catalog.levels)))
+    if prompts:
+        if encode_text is None:
+            raise HarnessError("evaluator=text searches by words: it needs a backbone with a text tower (OpenCLIP).")
+        text_emb = as_matrix(encode_text(prompts), "text embeddings", emb.shape[1])
+    text_rows = {}
 
     t0 = time.perf_counter()
     searched = []  # per fold: (query rows, reference rows, ranked rows, ranked distances)
     for fold in folds:
         queries, refs = fold.query_idx[keep[fold.query_idx]], fold.ref_idx[keep[fold.ref_idx]]
+        space = emb
+        if projection is not None:  # learnt from this fold's catalog alone: never a query, never a distractor
+            fit_rows = refs[~catalog.is_distractor[refs]]
+            fitted.append(projection.fit(emb[fit_rows], fit_labels[fit_rows], metric, k))
+            space = fitted[-1].transform(emb)
         # One search per fold, as deep as any evaluator reads (the whole ranking for the ranking metrics).
         depth = len(refs) if None in depths else min(len(refs), max([k, *depths]))
-        grouped = GroupedIndex(emb[refs], metric, None if groups is None else groups[refs], index, **index_params)
-        dist, pos = grouped.search(emb[queries], depth, None if groups is None else groups[queries])
+        grouped = GroupedIndex(space[refs], metric, None if groups is None else groups[refs], index, **index_params)
+        dist, pos = grouped.search(space[queries], depth, None if groups is None else groups[queries])
         searched.append((queries, refs, np.where(pos >= 0, refs[np.maximum(pos, 0)], -1), dist))
+        if prompts:  # words search the fold's whole catalog, in the same (projected) space
+            words = fitted[-1].transform(text_emb) if projection is not None else text_emb
+            _, pos = grouped.search(words, k)
+            text_rows[len(searched) - 1] = refs[np.maximum(pos, 0)]
     search_seconds = time.perf_counter() - t0
 
     cache: dict = {}
@@ -122,7 +148,7 @@ def evaluate(emb, catalog: Catalog, folds: list[Fold], metric: Distance, evaluat
             rows[a:a + len(r), : r.shape[1]], dist[a:a + len(d), : d.shape[1]] = r, d
         return EvalContext(catalog.items, catalog.levels, k, np.concatenate([p[0] for p in parts]), rows, dist,
                            [(i, np.arange(a, b), p[1]) for i, a, b, p in zip(fold_ids, sizes[:-1], sizes[1:], parts)],
-                           store, cache)
+                           store=store, cache=cache, text_prompts=prompts, text_rows=text_rows)
 
     def scores(ctx: EvalContext) -> dict[str, float]:
         return {name: value for ev in evaluators for name, value in ev.evaluate(ctx).items()}
@@ -131,11 +157,21 @@ def evaluate(emb, catalog: Catalog, folds: list[Fold], metric: Distance, evaluat
     metrics = scores(pooled)
     artifacts = {name: obj for ev in evaluators for name, obj in ev.artifacts(pooled).items()}
     per_fold = [scores(context([i])) for i in range(len(folds))] if len(folds) > 1 else []
+    for fold_metrics, fit in zip(per_fold or [metrics], fitted):
+        fold_metrics.update(projection_metrics(fit.info))
     if per_fold:
         metrics.update(aggregate(per_fold))
         metrics["folds"] = len(per_fold)
     metrics.update({"n_catalog": len(searched[0][1]) if len(folds) == 1 else int(keep.sum()),
                     "n_queries": len(pooled.query_rows), "search_seconds": search_seconds,
                     "excluded_images": len(excluded)})
+    if fitted:
+        metrics["projection_fit_seconds"] = sum(f.info["fit_seconds"] for f in fitted)
     return Evaluation(metrics, artifacts, per_fold, pooled.query_rows, pooled.indices.copy(),
-                      pooled.distances.copy(), excluded)
+                      pooled.distances.copy(), excluded, fitted)
+
+
+def projection_metrics(info: dict) -> dict[str, float]:
+    """A fitted projection's numbers as metrics: projection_dim, _explained_variance, _shrinkage."""
+    return {f"projection_{key}": float(value) for key, value in info.items()
+            if key in ("dim", "explained_variance", "shrinkage")}

@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from harness.errors import HarnessError
+
 
 def border_colour(img: Image.Image) -> tuple[int, int, int]:
     """The median colour of the outermost pixels: the studio background of a catalog photo."""
@@ -32,17 +34,36 @@ def pad_to_square(img: Image.Image, colour) -> Image.Image:
     return canvas
 
 
+RESAMPLING = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST,
+              "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}
+
+
 class Preprocess:
+    """`size` and `interpolation` default to what the backbone was trained with (build_preprocess)."""
     name = "base"
 
-    def __init__(self, size: int = 224):
-        self.size = size
+    def __init__(self, size: int = 224, interpolation: str = "bilinear"):
+        if interpolation not in RESAMPLING:
+            raise HarnessError(f"preprocess.interpolation must be one of {', '.join(RESAMPLING)}, got {interpolation!r}.")
+        self.size, self.interpolation = int(size), interpolation
+        self.resample = RESAMPLING[interpolation]
 
     def __call__(self, img: Image.Image) -> Image.Image:
         raise NotImplementedError
 
     def fingerprint(self) -> dict:
-        return {"preprocess": self.name, **{k: v for k, v in vars(self).items()}}
+        out = {"preprocess": self.name, **{k: v for k, v in vars(self).items() if k != "resample"}}
+        if out["interpolation"] == "bilinear":
+            del out["interpolation"]  # every feature stored before interpolation became a setting was bilinear
+        return out
+
+
+def build_preprocess(spec, backbone) -> "Preprocess":
+    """The configured preprocessing, at the backbone's input size and interpolation unless set."""
+    from harness.config import instantiate
+
+    return instantiate(spec, size=spec.get("size") or backbone.input_size,
+                       interpolation=spec.get("interpolation") or backbone.interpolation)
 
 
 class Resize(Preprocess):
@@ -50,7 +71,7 @@ class Resize(Preprocess):
     name = "resize"
 
     def __call__(self, img):
-        return img.resize((self.size, self.size), Image.BILINEAR)
+        return img.resize((self.size, self.size), self.resample)
 
 
 class Pad(Preprocess):
@@ -58,22 +79,22 @@ class Pad(Preprocess):
     name = "pad"
 
     def __call__(self, img):
-        return pad_to_square(img, border_colour(img)).resize((self.size, self.size), Image.BILINEAR)
+        return pad_to_square(img, border_colour(img)).resize((self.size, self.size), self.resample)
 
 
 class CenterCrop(Preprocess):
     """ImageNet evaluation style: shorter side to size/crop_fraction, then the central size×size."""
     name = "center_crop"
 
-    def __init__(self, size: int = 224, crop_fraction: float = 0.875):
-        super().__init__(size)
+    def __init__(self, size: int = 224, crop_fraction: float = 0.875, interpolation: str = "bilinear"):
+        super().__init__(size, interpolation)
         self.crop_fraction = crop_fraction
 
     def __call__(self, img):
         short = round(self.size / self.crop_fraction)
         scale = short / min(img.size)
         w, h = max(round(img.width * scale), self.size), max(round(img.height * scale), self.size)
-        img = img.resize((w, h), Image.BILINEAR)
+        img = img.resize((w, h), self.resample)
         left, top = (w - self.size) // 2, (h - self.size) // 2
         return img.crop((left, top, left + self.size, top + self.size))
 
@@ -82,10 +103,10 @@ class Roi(Preprocess):
     """Trim the near-uniform background around the product, then pad to a square."""
     name = "roi"
 
-    def __init__(self, size: int = 224, tolerance: int = 24, margin: float = 0.02):
-        super().__init__(size)
+    def __init__(self, size: int = 224, tolerance: int = 24, margin: float = 0.02, interpolation: str = "bilinear"):
+        super().__init__(size, interpolation)
         self.tolerance, self.margin = tolerance, margin
 
     def __call__(self, img):
         cropped = img.crop(foreground_box(img, self.tolerance, self.margin))
-        return pad_to_square(cropped, border_colour(img)).resize((self.size, self.size), Image.BILINEAR)
+        return pad_to_square(cropped, border_colour(img)).resize((self.size, self.size), self.resample)

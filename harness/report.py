@@ -42,8 +42,9 @@ def describe(params: dict) -> dict:
             "preprocess": params.get("preprocess._target_", "").rsplit(".", 1)[-1].lower(), "metric": metric}
 
 
-def columns_for(metrics: dict, k: int) -> list[str]:
-    levels = sorted({m[: -len(f"_precision_at_{k}")] for m in metrics if m.endswith(f"_precision_at_{k}")})
+def columns_for(metrics, k: int) -> list[str]:
+    levels = sorted({m[: -len(f"_precision_at_{k}")] for m in metrics
+                     if m.endswith(f"_precision_at_{k}") and "/" not in m})  # not the fold/ series
     wanted = [f"{lv}_{s}" for lv in levels for s in (f"precision_at_{k}", "map_at_r")]
     return wanted + [c for c in ("color_correlation_mean", "texture_chi2_mean") if c in metrics]
 
@@ -60,11 +61,18 @@ def paired_bootstrap(diff: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[fl
     return float(diff.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
+def own_overrides(children: list[dict]) -> list[str]:
+    """What sets each run apart: its sweep overrides that not every run of the sweep shares."""
+    split = [c.get("overrides", "").split() for c in children]
+    shared = set.intersection(*map(set, split)) if split else set()
+    return [" ".join(o for o in overrides if o not in shared) for overrides in split]
+
+
 def build(children: list[dict], selection: str, k: int, tmp: Path) -> tuple[pd.DataFrame, list[str], dict]:
-    cols = columns_for(children[0]["metrics"], k)
+    cols = columns_for({name for child in children for name in child["metrics"]}, k)  # every run's levels
     rows = []
-    for child in children:
-        row = {"run_id": child["run_id"], **describe(child["params"])}
+    for child, overrides in zip(children, own_overrides(children)):
+        row = {"run_id": child["run_id"], **describe(child["params"]), "overrides": overrides}
         for c in cols:
             row[c], row[f"{c}_std"] = value(child["metrics"], c)
         rows.append(row)
@@ -85,16 +93,20 @@ def markdown(table: pd.DataFrame, cols: list[str], extra: dict, selection: str, 
              lower: tuple[str, ...] = ()) -> str:
     fmt = []
     for _, r in table.iterrows():
-        cells = [r.backbone, r.layer, r.preprocess, r.metric]
+        cells = [r.overrides, r.backbone, r.layer, r.preprocess, r.metric]
         for c in cols:
             best = table[c].min() if c.startswith(lower) else table[c].max()
+            if pd.isna(r[c]):
+                cells.append("–")  # a run that did not evaluate this level
+                continue
             txt = f"{r[c]:.4f}" + (f" ± {r[f'{c}_std']:.4f}" if pd.notna(r[f"{c}_std"]) else "")
             cells.append(f"**{txt}**" if np.isclose(r[c], best) else txt)
         iv = extra["intervals"].get(r.run_id)
         cells.append("best" if r.run_id == extra["best"] else
                      (f"{iv[0]:+.4f} [{iv[1]:+.4f}, {iv[2]:+.4f}]" if iv else "n/a"))
         fmt.append("| " + " | ".join(str(c) for c in cells) + " |")
-    head = ["backbone", "layer", "preprocess", "metric", *cols, f"Δ {selection} vs best [95% CI]"]
+    head = ["run (its own overrides)", "backbone", "layer", "preprocess", "metric", *cols,
+            f"Δ {selection} vs best [95% CI]"]
     return "\n".join([
         f"# Sweep {sweep}", "",
         f"{len(table)} runs. Cells: mean ± std over folds where the run has folds. **Bold**: best per column "
@@ -106,7 +118,7 @@ def markdown(table: pd.DataFrame, cols: list[str], extra: dict, selection: str, 
 
 
 def charts(table: pd.DataFrame, cols: list[str], out: Path, sweep: str) -> list[Path]:
-    labels = [f"{r.backbone}\n{r.metric}" for r in table.itertuples()]
+    labels = [r.overrides.replace(" ", "\n") or f"{r.backbone}\n{r.metric}" for r in table.itertuples()]
     paths = []
     for name, group in (("precision", [c for c in cols if "precision" in c or "map_at_r" in c]),
                         ("color_texture", [c for c in cols if c.startswith(("color", "texture"))])):

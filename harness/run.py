@@ -12,8 +12,10 @@ from omegaconf import DictConfig
 from harness import tracking
 from harness.backbones import build_backbone
 from harness.config import instantiate, validate
+from harness.errors import HarnessError
 from harness.evaluate import check_k, evaluate
 from harness.extract import extract
+from harness.preprocess import build_preprocess
 from harness.protocols import restrict
 from harness.search import index_class
 from harness.serving.searcher import Searcher, Settings
@@ -27,14 +29,25 @@ def build_evaluators(cfg: DictConfig) -> dict:
             if isinstance(spec, DictConfig) and "_target_" in spec}
 
 
+def build_projection(cfg: DictConfig):
+    spec = cfg.get("projection")
+    return instantiate(spec) if spec and "_target_" in spec else None
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
     validate(cfg)
     catalog, folds = instantiate(cfg.protocol).split(instantiate(cfg.dataset).load())
     check_k(cfg.k, folds)
-    backbone, preprocess, metric = build_backbone(cfg), instantiate(cfg.preprocess), instantiate(cfg.metric)
-    evaluators = build_evaluators(cfg)
+    backbone, metric = build_backbone(cfg), instantiate(cfg.metric)
+    preprocess = build_preprocess(cfg.preprocess, backbone)
+    evaluators, projection = build_evaluators(cfg), build_projection(cfg)
     run_name = f"{backbone.arch}-{cfg.layer.name}-{preprocess.name}-{metric!r}".lower()
+    if projection is not None:
+        run_name += f"-{projection.name}"
     # Every setting that can be checked is, before a tracking run or the feature store file exists.
+    if any(ev.needs_text for ev in evaluators.values()) and not backbone.can_embed_text:
+        raise HarnessError(f"evaluator=text searches by words: backbone {backbone.arch} has no text tower "
+                           "(use an OpenCLIP one, e.g. backbone=clip_vit_b32).")
     backbone.check_weights()
     FeatureStore.check(cfg.store.path)
     index_class(cfg.search.index, metric, dict(cfg.search.params))
@@ -48,7 +61,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
             catalog, folds = restrict(catalog, folds, feats.valid)
             result = evaluate(feats.emb[feats.valid], catalog, folds, metric, evaluators, int(cfg.k),
                               index=cfg.search.index, within=catalog.levels[0] if cfg.search.within_category else None,
-                              store=store, **cfg.search.params)
+                              projection=projection, store=store,
+                              encode_text=backbone.embed_text if backbone.can_embed_text else None, **cfg.search.params)
             metrics = {**result.metrics, **feats.metrics()}
             job.log_folds(result.per_fold)
             job.log_metrics(metrics)
@@ -58,12 +72,16 @@ def run(cfg: DictConfig) -> dict[str, float]:
             if cfg.serving.log_model and job.tracked:
                 served = ~catalog.is_distractor
                 served[[r for r, _ in result.excluded]] = False
+                emb = feats.emb[feats.valid][served]
+                # The served projection is fitted once on the whole served catalog (no fold is held out).
+                fitted = projection.fit(emb, catalog.items[projection.level or catalog.levels[-1]].to_numpy(object)[served],
+                                        metric, int(cfg.k)) if projection is not None else None
                 with tempfile.TemporaryDirectory() as tmp:
                     settings = Settings.from_cfg(cfg, catalog.root, {"run_id": job.run_id, "run_name": run_name,
                                                                      cfg.selection.metric: metrics.get(cfg.selection.metric)})
                     columns = [c for c in catalog.items.columns if c not in ("content_hash", "split", "distractor")]
                     directory = Searcher.write(Path(tmp) / "searcher", settings, catalog.items[served][columns],
-                                               feats.emb[feats.valid][served])
+                                               emb, fitted)
                     job.log_search_model(directory, cfg.serving.model_name if cfg.serving.register else None,
                                          metrics.get(cfg.selection.metric))
             ids = catalog.items["item_id"].to_numpy()
@@ -78,7 +96,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
 def summary(cfg, run_id, run_name, metrics, levels) -> str:
     k = int(cfg.k)
     lines = [f"run {run_name} ({run_id})"]
-    lines += [f"  {f'{level}_precision_at_{k}':<32} {metrics[f'{level}_precision_at_{k}']:.4f}" for level in levels]
+    lines += [f"  {name:<32} {metrics[name]:.4f}" for level in levels
+              for name in (f"{level}_precision_at_{k}", f"{level}_text_precision_at_{k}") if name in metrics]
     lines.append(f"  catalog {metrics['n_catalog']}, queries {metrics['n_queries']}, "
                  f"skipped {metrics['skipped_images'] + metrics['excluded_images']}, "
                  f"features {metrics['feature_dim']}-d, feature stage {metrics['extract_seconds']:.1f}s")

@@ -258,7 +258,10 @@ def job_run(cfg: DictConfig, run_name: str):
         yield LocalJob()
         return
     exp_id = configure(cfg.tracking)
-    with mlflow.start_run(run_name=run_name, parent_run_id=_sweep_run_id(exp_id), tags=_identity()) as run:
+    tags = _identity()
+    if HydraConfig.initialized():
+        tags["harness.overrides"] = " ".join(HydraConfig.get().overrides.task)
+    with mlflow.start_run(run_name=run_name, parent_run_id=_sweep_run_id(exp_id), tags=tags) as run:
         _heartbeat.add(run.info.run_id)
         try:
             resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -356,7 +359,8 @@ def sweep_children(tracking: DictConfig, sweep_id: str) -> list[dict]:
     runs = MlflowClient().search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{sweep_id}'",
                                       order_by=["attributes.start_time ASC"])
     return [{"run_id": r.info.run_id, "params": r.data.params, "metrics": r.data.metrics,
-             "model_uri": r.data.tags.get("harness.model_uri")} for r in runs if r.info.status == "FINISHED"]
+             "model_uri": r.data.tags.get("harness.model_uri"), "overrides": r.data.tags.get("harness.overrides", "")}
+            for r in runs if r.info.status == "FINISHED"]
 
 
 def read_csv_artifact(run_id: str, name: str, dst: Path):
@@ -399,7 +403,7 @@ def log_search_model(searcher_dir: Path, register_as: str | None = None, score: 
     from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
     signature = ModelSignature(
-        inputs=Schema([ColSpec("string", "image")]),
+        inputs=Schema([ColSpec("string", "image", required=False), ColSpec("string", "text", required=False)]),
         params=ParamSchema([ParamSpec("k", "long", 5), ParamSpec("within_category", "boolean", False),
                             ParamSpec("rerank_column", "string", ""), ParamSpec("rerank_weight", "double", 0.0)]))
     with warnings.catch_warnings():

@@ -89,3 +89,17 @@ def served(tmp_path_factory):
     tracking.configure(compose_config(f"paths.root={root}").tracking)
     model, searcher = tracking.load_model(URI)
     return {"root": root, "catalog": catalog, "model": model, "searcher": searcher}
+
+
+@pytest.fixture(scope="session")
+def served_clip(tmp_path_factory):
+    """A served OpenCLIP model (small architecture, random weights): it can search by words."""
+    root = tmp_path_factory.mktemp("served_clip")
+    catalog = make_catalog(root / "catalog")
+    subprocess.run([sys.executable, "-m", "harness", "dataset=products", f"dataset.root={catalog}",
+                    "backbone=open_clip", "backbone.arch=ViT-S-32", "backbone.pretrained=null", "backbone.weights=random",
+                    f"paths.root={root}", "extract.progress=false", "extract.num_workers=0"],
+                   cwd=ROOT, check=True, capture_output=True, timeout=600)
+    tracking.configure(compose_config(f"paths.root={root}").tracking)
+    model, searcher = tracking.load_model(URI)
+    return {"root": root, "catalog": catalog, "model": model, "searcher": searcher}

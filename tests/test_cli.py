@@ -71,7 +71,8 @@ def test_metric_sweep_is_one_parent_with_children_and_extracts_once(tmp_path, ca
     subprocess.run([sys.executable, "-m", "harness.report", "--out", str(out), f"paths.root={tmp_path}"],
                    cwd=ROOT, check=True, capture_output=True, timeout=300)
     report = (out / f"{parents[0].info.run_id}.md").read_text()
-    rows = [ln for ln in report.splitlines() if ln.startswith("| resnet50")]
+    rows = [ln for ln in report.splitlines() if "| resnet50 |" in ln]
+    assert [r.split(" | ")[0] for r in rows] == ["| metric=euclidean", "| metric=minkowski", "| metric=cosine"]
     assert len(rows) == 3 and sum("best" in r for r in rows) == 1 and all("[" in r or "best" in r for r in rows)
     assert (out / f"{parents[0].info.run_id}_precision.png").exists()
     arts = {a.path for a in client(tmp_path).list_artifacts(parents[0].info.run_id, "report")}
@@ -144,7 +145,7 @@ def test_sweep_reports_every_failed_job_and_exits_nonzero(tmp_path, catalog_dir)
                    "backbone.weights=/no/such/weights.pth", "metric=cosine,euclidean", check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "Traceback" not in out
-    assert out.count("no such weights file") + out.count("not imagenet, random or an existing .pth") == 2
+    assert out.count("no such weights file") + out.count("not imagenet, random or an existing weights file") == 2
     assert "2 job(s) failed" in out
     [parent] = [r for r in runs(tmp_path) if r.data.tags.get("harness.sweep") == "true"]
     assert parent.info.status == "FAILED"

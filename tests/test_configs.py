@@ -12,8 +12,10 @@ from mlflow.tracking import MlflowClient
 
 from harness import CONFIG_DIR, ROOT
 from harness.backbones import build_backbone
+from harness.errors import HarnessError
 from harness.config import instantiate
-from harness.run import build_evaluators, run
+from harness.preprocess import build_preprocess
+from harness.run import build_evaluators, build_projection, run
 from harness.search import index_class
 
 GROUPS = sorted(d.name for d in CONFIG_DIR.iterdir() if d.is_dir() and d.name != "hydra")
@@ -21,8 +23,8 @@ OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONFIG_DIR
 
 
 def test_every_group_is_covered():
-    assert {"backbone", "dataset", "evaluator", "experiment", "layer", "metric", "preprocess", "protocol",
-            "search"} <= set(GROUPS)
+    assert {"backbone", "dataset", "evaluator", "experiment", "layer", "metric", "preprocess", "projection",
+            "protocol", "search"} <= set(GROUPS)
 
 
 def build_everything(cfg, catalog_dir=None):
@@ -33,14 +35,15 @@ def build_everything(cfg, catalog_dir=None):
     metric = instantiate(cfg.metric)
     backbone = build_backbone(cfg)
     assert backbone.node  # the layer name resolves to a graph node for this backbone
-    instantiate(cfg.preprocess)
+    build_preprocess(cfg.preprocess, backbone)
     instantiate(cfg.protocol)
     index_class(cfg.search.index, metric, dict(cfg.search.params))
+    build_projection(cfg)
     return build_evaluators(cfg)
 
 
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
-def test_option_composes_and_instantiates(cfg_factory, catalog_dir, group, option):
+def test_option_composes_and_instantiates(cfg_factory, catalog_dir, group, option, monkeypatch, tmp_path):
     overrides = [f"{group}={option}", "backbone.weights=random"]
     if group != "dataset" and group != "experiment":
         overrides += ["dataset=products", f"dataset.root={catalog_dir}"]
@@ -51,6 +54,20 @@ def test_option_composes_and_instantiates(cfg_factory, catalog_dir, group, optio
     if (group, option) == ("layer", "fc1"):
         overrides.append("backbone=vgg16")  # fc1 is a VGG layer
     cfg = cfg_factory(*overrides)
+    if group == "backbone" and str(cfg.backbone.arch).startswith("hf-hub:"):
+        # its configuration lives on the hub: offline (forced here), one clear line instead of an object
+        import huggingface_hub.constants as hf
+
+        from harness.backbones import hub
+
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+        monkeypatch.setattr(hf, "HF_HUB_OFFLINE", True)
+        monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+        hub.use_hub.cache_clear()
+        with pytest.raises(HarnessError, match=f"Cannot load OpenCLIP model {cfg.backbone.arch}"):
+            build_backbone(cfg)
+        hub.use_hub.cache_clear()
+        return
     is_products = group != "dataset" or option == "products"
     if (group, option) == ("dataset", "products"):
         cfg = cfg_factory(*overrides, f"dataset.root={catalog_dir}")

@@ -63,7 +63,7 @@ def test_api_serves_concurrent_clients(page):
 
     def client_session(path):
         client = Client(page["url"], verbose=False, download_files=False)
-        return [client.predict(handle_file(path), 5, False, "", 0.0, api_name="/search") for _ in range(2)]
+        return [client.predict(handle_file(path), "", 5, False, "", 0.0, api_name="/search") for _ in range(2)]
 
     with ThreadPoolExecutor(20) as pool:
         answers = list(pool.map(client_session, paths))
@@ -81,7 +81,7 @@ def test_public_api_is_search_only_and_a_bad_upload_gets_the_page_message(page, 
     api = client.view_api(print_info=False, return_format="dict")
     assert list(api["named_endpoints"]) == ["/search"] and not api["unnamed_endpoints"]
     (tmp_path / "notes.jpg").write_text("not an image")
-    gallery, status = client.predict(handle_file(str(tmp_path / "notes.jpg")), 5, False, "", 0.0, api_name="/search")
+    gallery, status = client.predict(handle_file(str(tmp_path / "notes.jpg")), "", 5, False, "", 0.0, api_name="/search")
     assert gallery == [] and status == "**Cannot use this file:** not an image."
 
 
@@ -94,7 +94,7 @@ def test_no_server_path_in_config_or_answers_and_only_catalog_images_served(page
 
     config = urllib.request.urlopen(page["url"] + "config").read().decode()
     client = Client(page["url"], verbose=False, download_files=False)
-    answer = json.dumps(client.predict(handle_file(str(page["catalog"] / "images" / "circle_red_0.jpg")), 5, False,
+    answer = json.dumps(client.predict(handle_file(str(page["catalog"] / "images" / "circle_red_0.jpg")), "", 5, False,
                                        "", 0.0, api_name="/search"))
     for text in (config, answer):
         assert str(page["root"]) not in text and "/tmp/gradio" not in text and '"path": "/' not in text
@@ -109,6 +109,32 @@ def test_no_server_path_in_config_or_answers_and_only_catalog_images_served(page
     assert status("catalog/..%2F..%2F..%2Fetc%2Fpasswd") == 404 and status("catalog/nope") == 404
     assert status("gradio_api/file=/etc/passwd") == 403
     assert status(f"gradio_api/file={page['catalog']}/images/circle_red_0.jpg") == 403
+
+
+def test_words_box_only_for_a_backbone_with_a_text_tower(page, served_clip):
+    import json
+    import urllib.request
+
+    def text_box(url):
+        config = json.loads(urllib.request.urlopen(url + "config").read())
+        return next(c["props"] for c in config["components"] if c["props"].get("elem_id") == "text")
+
+    demo = page["demo"]
+    gallery, status, _ = demo.run_search(served_clip["searcher"], None, 5, False, "", 0.0, [], "http://shop/",
+                                         text="a red circle")
+    assert len(gallery) == 5 and status.startswith("Top 5 products")
+    _, status, _ = demo.run_search(page["searcher"], None, 5, False, "", 0.0, [], "", text="a red circle")
+    assert status.startswith("**Cannot search by these words:**") and "no text tower" in status
+    assert text_box(page["url"])["visible"] is False
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    clip_page = demo.launch(served_clip["searcher"], tracking.model_info(URI), "127.0.0.1", port,
+                            prevent_thread_lock=True, quiet=True)
+    try:
+        assert text_box(f"http://127.0.0.1:{port}/")["visible"] is True
+    finally:
+        clip_page.close()
 
 
 def test_page_in_headless_chromium(page):

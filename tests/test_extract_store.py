@@ -4,12 +4,14 @@ import torch
 from harness.backbones import build_backbone
 from harness.config import instantiate
 from harness.extract import extract
+from harness.preprocess import build_preprocess
 from harness.store import FeatureStore
 
 
 def parts(cfg_factory, *overrides):
     cfg = cfg_factory("backbone=resnet50", "backbone.weights=random", "layer=logits", *overrides)
-    return build_backbone(cfg), instantiate(cfg.preprocess)
+    backbone = build_backbone(cfg)
+    return backbone, build_preprocess(cfg.preprocess, backbone)
 
 
 def test_store_resumes_and_reuses(cfg_factory, catalog_dir, tmp_path):
@@ -57,7 +59,7 @@ def test_compiled_extraction_matches_eager_without_recompiling(cfg_factory, cata
     backbone = build_backbone(cfg, compile=True)
     # 11 images in batches of 4 end with a batch of 3: padded to 4, so one graph serves every batch
     with torch._dynamo.config.patch(error_on_recompile=True):
-        compiled = extract(paths, backbone, instantiate(cfg.preprocess), store, batch_size=4, num_workers=0,
+        compiled = extract(paths, backbone, build_preprocess(cfg.preprocess, backbone), store, batch_size=4, num_workers=0,
                            progress=False)
         one, nine = backbone.embed(torch.zeros(1, 3, 64, 64, dtype=torch.uint8)), backbone.embed(
             torch.zeros(9, 3, 64, 64, dtype=torch.uint8))

@@ -77,12 +77,14 @@ import numpy as np
 from harness.backbones import build_backbone
 from harness.config import compose_config, instantiate
 from harness.extract import extract
+from harness.preprocess import build_preprocess
 from harness.store import FeatureStore
 root, catalog, name = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 cfg = compose_config("dataset=products", f"dataset.root={catalog}", f"paths.root={root}", "backbone=resnet50",
                      "backbone.weights=random", "backbone.precision=fp32")
 items = instantiate(cfg.dataset).load().items
-backbone, preprocess, store = build_backbone(cfg), instantiate(cfg.preprocess), FeatureStore(cfg.store.path)
+backbone, store = build_backbone(cfg), FeatureStore(cfg.store.path)
+preprocess = build_preprocess(cfg.preprocess, backbone)
 (root / f"ready-{name}").touch()
 while len(list(root.glob("ready-*"))) < 2:  # start together
     time.sleep(0.01)

@@ -2,6 +2,17 @@
 from __future__ import annotations
 
 import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -47,29 +58,22 @@ def test_bad_inputs_are_clear_errors(served, bad):
         served["model"].predict(pd.DataFrame({"image": [bad]}))
 
 
-def test_rest_api_via_mlflow_models_serve(served):
-    import json
-    import os
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.error
-    import urllib.request
-
+@contextmanager
+def rest_api(root: Path):
+    """`mlflow models serve` of the champion under root, on a free loopback port; yields post(records)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{served['root']}/mlruns/mlflow.db",
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlruns/mlflow.db",
            "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}  # uvicorn
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", URI, "--env-manager", "local",
                                "-h", "127.0.0.1", "-p", str(port), "--workers", "1"],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
 
-    def post(records):
-        req = urllib.request.Request(f"{base}/invocations", json.dumps({"dataframe_records": records}).encode(),
-                                     {"Content-Type": "application/json"})
+    def post(records, params=None):
+        body = {"dataframe_records": records, **({"params": params} if params else {})}
+        req = urllib.request.Request(f"{base}/invocations", json.dumps(body).encode(), {"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=60) as resp:
                 return resp.status, json.loads(resp.read())
@@ -84,6 +88,14 @@ def test_rest_api_via_mlflow_models_serve(served):
             except OSError:
                 assert server.poll() is None, server.stderr.read().decode()[-2000:]
                 time.sleep(1)
+        yield post
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_rest_api_via_mlflow_models_serve(served):
+    with rest_api(served["root"]) as post:
         item = pd.read_csv(served["catalog"] / "manifest.csv").iloc[11]
         status, body = post([{"image": b64(served["catalog"] / item["path"])}])
         assert status == 200
@@ -103,9 +115,6 @@ def test_rest_api_via_mlflow_models_serve(served):
         assert status == 400 and "larger than 10 MB" in body["message"]
         status, _ = post([{"image": b64(served["catalog"] / item["path"])}])
         assert status == 200  # and the server is still up
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def test_a_string_is_never_read_as_a_file(tmp_path):
@@ -144,3 +153,60 @@ def test_sizes_are_checked_before_reading_or_decoding(tmp_path, monkeypatch):
     monkeypatch.setattr(searcher_mod, "open", lambda *a, **k: pytest.fail("read a file over the limit"), raising=False)
     with pytest.raises(BadImage, match="larger than"):
         searcher_mod.decode_upload(Path(big))
+
+
+def test_served_lda_projection_answers_as_the_evaluation_searches(tmp_path):
+    """projection=lda: the REST answer for a catalog photo is the top-5 that evaluate() finds for that
+    item with the projection fitted once on the whole served catalog. (A fixed shrinkage: with the
+    cross-validated one, 72 synthetic images in 1280 dimensions collapse each label to a point, and
+    the order inside it is float32 noise.)"""
+    from harness import ROOT
+    from harness.backbones import build_backbone
+    from harness.config import compose_config, instantiate
+    from harness.data import Catalog
+    from harness.evaluate import evaluate
+    from harness.evaluators import PrecisionAtK
+    from harness.extract import extract
+    from harness.preprocess import build_preprocess
+    from harness.protocols import Fold
+    from harness.run import build_projection
+    from harness.store import FeatureStore
+    from tests.conftest import make_catalog
+
+    catalog_dir = make_catalog(tmp_path / "catalog", per_class=8)
+    overrides = ["dataset=products", f"dataset.root={catalog_dir}", "projection=lda", "projection.shrinkage=0.5", "backbone.precision=fp32",
+                 f"paths.root={tmp_path}", "extract.progress=false", "extract.num_workers=0"]
+    subprocess.run([sys.executable, "-m", "harness", *overrides], cwd=ROOT, check=True, capture_output=True, timeout=600)
+    cfg = compose_config(*overrides)
+    catalog = instantiate(cfg.dataset).load()
+    feats = extract(catalog.items["path"].tolist(), build_backbone(cfg), build_preprocess(cfg.preprocess, build_backbone(cfg)),
+                    FeatureStore(cfg.store.path), progress=False)
+    everything = np.arange(len(catalog))
+    items = [3, 40, 70]
+    with rest_api(tmp_path) as post:
+        for i in items:
+            expected = evaluate(feats.emb, catalog, [Fold(np.array([i]), everything)], instantiate(cfg.metric),
+                                [PrecisionAtK()], 5, projection=build_projection(cfg))
+            status, body = post([{"image": b64(catalog.items["path"].iloc[i])}])
+            assert status == 200
+            served = [row["item_id"] for row in body["predictions"]]
+            assert served == catalog.items["item_id"].to_numpy()[expected.indices[0]].tolist()
+            assert served[0] == catalog.items["item_id"].iloc[i]
+            np.testing.assert_allclose([row["distance"] for row in body["predictions"]], expected.distances[0], atol=1e-6)
+    model_dir = next((tmp_path / "mlruns" / "artifacts").rglob("searcher"))
+    assert (model_dir / "projection.npz").exists() and not list(model_dir.rglob("*.pkl"))
+
+
+def test_search_by_words_through_the_model_and_the_rest_api(served_clip, served):
+    out = served_clip["model"].predict(pd.DataFrame({"text": ["red floral summer dress"]}), params={"k": 3})
+    assert list(out["rank"]) == [1, 2, 3] and (out["query"] == 0).all()
+    both = served_clip["model"].predict(pd.DataFrame({"image": [b64(served_clip["catalog"] / "images" / "circle_red_0.jpg"), None],
+                                                      "text": [None, "a blue square"]}))
+    assert sorted(set(both["query"])) == [0, 1] and both[both["query"] == 0]["item_id"].iloc[0] == "circle-red-0"
+    with pytest.raises(MlflowException, match="has no text tower"):
+        served["model"].predict(pd.DataFrame({"text": ["red floral summer dress"]}))
+    with rest_api(served_clip["root"]) as post:
+        status, body = post([{"text": "black leather ankle boots"}])
+        assert status == 200 and len(body["predictions"]) == 5
+        status, body = post([{"text": "x" * 1001}])
+        assert status == 400 and "longer than 1000 characters" in body["message"]

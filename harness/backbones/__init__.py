@@ -1,8 +1,10 @@
 from harness.backbones.base import Backbone
 from harness.backbones.efficientnet_lite import EfficientNetLite
+from harness.backbones.open_clip import OpenCLIPBackbone
+from harness.backbones.timm import TimmBackbone
 from harness.backbones.torchvision import TorchvisionBackbone
 
-__all__ = ["Backbone", "EfficientNetLite", "TorchvisionBackbone", "build_backbone"]
+__all__ = ["Backbone", "EfficientNetLite", "OpenCLIPBackbone", "TimmBackbone", "TorchvisionBackbone", "build_backbone"]
 
 
 def build_backbone(cfg, **overrides) -> Backbone:

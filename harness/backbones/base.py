@@ -1,7 +1,10 @@
 """One feature API for every backbone: `embed(images) -> (N, D) float32`, `.dim`, `.fingerprint`.
 
-A subclass only builds its network (`build`); layer taps, pooling, normalisation, precision and
-memory layout live here, so every family gets them the same way.
+A family (torchvision, EfficientNet-Lite, timm, OpenCLIP) is one subclass that says how to make its
+network (`skeleton`, `load_pretrained`) and, where torchvision's FX graph tap does not fit, how its
+features are taken (`tap`) and what input it expects (`data_config`). Pooling, normalisation,
+precision, memory layout, compilation and the store fingerprint live here, so every family gets
+them the same way. A family with a text tower also implements `embed_text`.
 """
 from __future__ import annotations
 
@@ -43,19 +46,31 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if cpu_has_bf16() else "fp32"
 
 
-def pool(x: torch.Tensor, how: str, gem_p: float = 3.0) -> torch.Tensor:
-    """(N, C, H, W) → (N, C); vectors pass through."""
+def pool(x: torch.Tensor, how: str, prefix_tokens: int = 0, gem_p: float = 3.0) -> torch.Tensor:
+    """A layer's output → (N, D): vectors pass through; convolutional maps (N, C, H, W) by gap, max or
+    gem; token sequences (N, L, C) by cls (the first token) or mean (of the patch tokens, after the
+    `prefix_tokens` class/register tokens). Anything else is an error, never a silent flatten."""
     if x.ndim == 2:
         return x
-    if x.ndim != 4:
-        return x.flatten(1)
-    if how == "gap":
-        return x.mean(dim=(2, 3))
-    if how == "max":
-        return x.amax(dim=(2, 3))
-    if how == "gem":
-        return x.clamp(min=1e-6).pow(gem_p).mean(dim=(2, 3)).pow(1.0 / gem_p)
-    raise HarnessError(f"layer.pooling must be gap, max or gem, got {how!r}.")
+    if x.ndim == 4:
+        if how == "gap":
+            return x.mean(dim=(2, 3))
+        if how == "max":
+            return x.amax(dim=(2, 3))
+        if how == "gem":
+            return x.clamp(min=1e-6).pow(gem_p).mean(dim=(2, 3)).pow(1.0 / gem_p)
+        raise HarnessError(f"layer.pooling={how!r} does not pool a convolutional map (N, C, H, W): use gap, max or gem.")
+    if x.ndim == 3:
+        if how == "cls":
+            return x[:, 0]
+        if how == "mean":
+            return x[:, prefix_tokens:].mean(dim=1)
+        raise HarnessError(f"layer.pooling={how!r} does not pool tokens (N, L, C): use cls or mean.")
+    raise HarnessError(f"the tapped layer gives {x.ndim}-D outputs {tuple(x.shape)}; choose a layer with vectors, "
+                       "maps or tokens.")
+
+
+POOLINGS = ("gap", "max", "gem", "cls", "mean")
 
 
 def file_digest(path: str) -> str:
@@ -70,24 +85,37 @@ class Backbone:
     """Base class. `layers` maps backbone-neutral names (penultimate, logits, fc1) to graph nodes."""
 
     family = "base"
-    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    weight_tags = ("imagenet",)  # backbone.weights values naming the family's published weights
+    can_embed_text = False
+    hub_weights = False          # published weights come from a model hub (downloaded on first use)
+    prefix_tokens = 0            # class/register tokens before the patch tokens (token outputs)
 
     def __init__(self, arch: str, weights: str = "imagenet", precision: str = "auto",
                  layer: str = "penultimate", pooling: str = "gap", layers: dict | None = None,
-                 input_size: int = 224, device: str | None = None, seed: int = 0, compile: bool = False):
-        self.arch, self.weights, self.input_size, self.seed = arch, str(weights), input_size, seed
+                 input_size: int | None = None, device: str | None = None, seed: int = 0, compile: bool = False):
+        self.arch, self.weights, self.seed = arch, str(weights), seed
         self.layer_aliases = dict(layers or {})
         self.layer, self.pooling = layer, pooling
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.precision = resolve_precision(precision, self.device)
-        pool(torch.zeros(1, 1, 1, 1), pooling)  # validate early
-        if self.weights not in ("random", "imagenet") and not Path(self.weights).expanduser().is_file():
-            raise HarnessError(f"backbone.weights={self.weights!r}: not imagenet, random or an existing .pth file.")
+        if pooling not in POOLINGS:
+            raise HarnessError(f"layer.pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}.")
+        if self.weights not in ("random", *self.weight_tags) and not Path(self.weights).expanduser().is_file():
+            raise HarnessError(f"backbone.weights={self.weights!r}: not {', '.join(self.weight_tags)}, random or an "
+                               "existing weights file.")
         self.node = self.layer_aliases.get(layer, layer)
+        config = self.data_config()
+        self.input_size = int(input_size or config["input_size"])
+        self.mean, self.std, self.interpolation = config["mean"], config["std"], config["interpolation"]
         self._mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1)
         self.compile = bool(compile)  # extract.compile: `compile_network` before a long extraction
         self.compiled_batch = 0  # > 0 once compiled: the one batch size the compiled network takes
+
+    def data_config(self) -> dict:
+        """The input the network was trained on: input_size, mean, std, interpolation (a family whose
+        models carry their own, timm and OpenCLIP, reads them from there)."""
+        return {"input_size": 224, "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "interpolation": "bilinear"}
 
     @functools.cached_property
     def model(self) -> nn.Module:
@@ -95,7 +123,22 @@ class Backbone:
         the store never needs it (VGG16 takes seconds to build)."""
         if self.weights == "random":
             torch.manual_seed(self.seed)  # random weights are reproducible, so their features can be cached
-        model = self.build().eval()
+        model = self.tap(self.build().eval()).to(self.device, memory_format=torch.channels_last)
+        if self.precision == "bf16":
+            # Autocast casts every conv/linear weight to bf16 again for each batch (its cast cache lasts
+            # one autocast region). Casting them once gives the same bf16 values, so the same features,
+            # without the copy. Other layers stay as autocast runs them.
+            # nn.MultiheadAttention (OpenCLIP) keeps its input projection as a bare parameter: cast it whole,
+            # or its fp32 in-projection meets a bf16 out-projection and every call pays for copies.
+            for module in model.modules():
+                if isinstance(module, (nn.Conv2d, nn.Linear, nn.MultiheadAttention)):
+                    module.to(torch.bfloat16)
+        return model
+
+    def tap(self, model: nn.Module) -> nn.Module:
+        """The network cut at the configured layer, as a module from normalised images to that layer's
+        output. This default traces the graph (torchvision's FX feature extraction) and folds BatchNorm
+        into the convolutions; families with their own feature API override it."""
         with warnings.catch_warnings():
             # torchvision notes that train-mode graphs may differ; we only ever trace eval mode.
             warnings.filterwarnings("ignore", message="NOTE: The nodes obtained by tracing")
@@ -108,15 +151,12 @@ class Backbone:
                 )
             extractor = create_feature_extractor(model, return_nodes={self.node: "features"})
         # Inference only: fold BatchNorm into the preceding convolutions (fewer passes over memory).
-        model = fuse(extractor.eval(), inplace=True).to(self.device, memory_format=torch.channels_last)
-        if self.precision == "bf16":
-            # Autocast casts every conv/linear weight to bf16 again for each batch (its cast cache lasts
-            # one autocast region). Casting them once gives the same bf16 values, so the same features,
-            # without the copy. Other layers stay as autocast runs them.
-            for module in model.modules():
-                if isinstance(module, (nn.Conv2d, nn.Linear)):
-                    module.to(torch.bfloat16)
-        return model
+        return _Output(fuse(extractor.eval(), inplace=True), "features")
+
+    def embed_text(self, texts: list[str]) -> np.ndarray:
+        """Texts → float32 (N, D) in the image embedding's space, for backbones with a text tower."""
+        raise HarnessError(f"backbone {self.arch} ({self.family}) has no text tower: it cannot search by words "
+                           "(an OpenCLIP backbone can).")
 
     # -- the network and its weights: a family overrides `skeleton` and `load_pretrained` ----------
     def skeleton(self) -> nn.Module:
@@ -124,13 +164,13 @@ class Backbone:
         raise NotImplementedError
 
     def load_pretrained(self) -> nn.Module:
-        """The network with the family's published weights (`backbone.weights=imagenet`)."""
+        """The network with the family's published weights (`backbone.weights=<one of weight_tags>`)."""
         raise NotImplementedError
 
     def build(self) -> nn.Module:
         if self.weights == "random":
             return self.skeleton()
-        if self.weights == "imagenet":
+        if self.weights in self.weight_tags:
             return self.load_pretrained()
         model, state = self.skeleton(), self._read_weights()
         self._match_state(model, state)
@@ -171,7 +211,13 @@ class Backbone:
     def check_weights(self) -> None:
         """A local weights file is read and matched against the architecture before a run starts, so a
         wrong file fails in one line before the feature store or the tracking run exist."""
-        if self.weights in ("random", "imagenet"):
+        if self.weights in self.weight_tags and self.hub_weights:
+            from harness.backbones.hub import use_hub
+
+            if not use_hub():  # offline: build now, so a missing download fails before the run writes anything
+                self.model     # (online it is built on first use: a job whose features are all stored never downloads)
+            return
+        if self.weights in ("random", *self.weight_tags):
             return
         with torch.device("meta"):
             model = self.skeleton()
@@ -207,8 +253,8 @@ class Backbone:
 
     @property
     def weights_id(self) -> str:
-        if self.weights in ("random", "imagenet"):
-            return f"{self.weights}:{self.seed}" if self.weights == "random" else "imagenet"
+        if self.weights in ("random", *self.weight_tags):
+            return f"{self.weights}:{self.seed}" if self.weights == "random" else self.weights
         return f"file:{file_digest(str(Path(self.weights).expanduser()))}"
 
     @functools.cached_property
@@ -235,8 +281,19 @@ class Backbone:
         x = images.to(self.device, non_blocking=True).float().div_(255.0)
         x = ((x - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            out = self.model(x)["features"]
-        return pool(out[:n].float(), self.pooling).cpu().numpy().astype(np.float32, copy=False)
+            out = self.model(x)
+        return pool(out[:n].float(), self.pooling, self.prefix_tokens).cpu().numpy().astype(np.float32, copy=False)
+
+
+class _Output(nn.Module):
+    """One entry of a module's dict output (FX feature extractors return {name: tensor})."""
+
+    def __init__(self, module: nn.Module, key: str):
+        super().__init__()
+        self.module, self.key = module, key
+
+    def forward(self, x):
+        return self.module(x)[self.key]
 
 
 def describe(fingerprint: dict, preprocess: dict) -> tuple[str, str]:

@@ -12,8 +12,10 @@ from harness.errors import HarnessError
 
 class EfficientNetLite(Backbone):
     family = "efficientnet_lite"
-    # The TF-Lite models were trained on inputs scaled to [-1, 1].
-    mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+
+    def data_config(self):
+        # The TF-Lite models were trained on inputs scaled to [-1, 1].
+        return {**super().data_config(), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
 
     def skeleton(self):
         from efficientnet_lite_pytorch import EfficientNet

@@ -26,6 +26,8 @@ class EvalContext:
     # Each fold: (its id, its queries as positions into query_rows, the catalog rows they searched).
     folds: list[tuple[int, np.ndarray, np.ndarray]] = field(default_factory=list)
     store: Any = None          # optional per-image cache (the feature store) for costly descriptors
+    text_prompts: list = field(default_factory=list)    # text queries (evaluators that need_text)
+    text_rows: dict = field(default_factory=dict)       # fold id → (T, k) catalog rows nearest to each prompt
     # Shared by every context of one evaluation (pooled and per fold), dropped with it.
     cache: dict = field(default_factory=dict)
 
@@ -85,6 +87,11 @@ class EvalContext:
 class Evaluator:
     depth: int | None = 0  # ranks read beyond the top k: 0 none, None the whole ranking, n at most n
     lower_is_better: tuple[str, ...] = ()  # metric-name prefixes where smaller is better
+    needs_text = False     # asks text queries (text_queries): only for backbones with a text tower
+
+    def text_queries(self, items: pd.DataFrame, levels: list[str]) -> list[str]:
+        """Texts this evaluator wants searched in every fold (the results arrive as ctx.text_rows)."""
+        return []
 
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
         raise NotImplementedError

@@ -1,8 +1,9 @@
 """The MLflow pyfunc model, logged as models-from-code: this file is the model's code.
 
-Input: a DataFrame with an `image` column of base64 JPEG/PNG strings (never file names), or a list of
-them. Params: k, within_category, rerank_column, rerank_weight. Output: one row per (query, rank)
-with item_id, labels, image (path relative to the catalog root), distance and similarity.
+Input: a DataFrame with an `image` column of base64 JPEG/PNG strings (never file names) and/or a `text`
+column (words, for a backbone with a text tower): each row is one query, a photo or words. Params: k,
+within_category, rerank_column, rerank_weight. Output: one row per (query, rank) with item_id, labels,
+image (path relative to the catalog root), distance and similarity.
 """
 from __future__ import annotations
 
@@ -22,17 +23,24 @@ class VisualSearchModel(PythonModel):
 
     def predict(self, context, model_input, params=None):
         params = params or {}
-        if isinstance(model_input, pd.DataFrame):
-            if "image" not in model_input:
-                raise MlflowException("the request needs a column named 'image'", INVALID_PARAMETER_VALUE)
-            images = list(model_input["image"])
-        else:
-            images = list(model_input)
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame({"image": list(model_input)})
+        if "image" not in frame and "text" not in frame:
+            raise MlflowException("the request needs a column named 'image' (base64) or 'text'", INVALID_PARAMETER_VALUE)
+        options = {"k": params.get("k"), "within_category": bool(params.get("within_category", False)),
+                   "rerank_column": params.get("rerank_column") or None,
+                   "rerank_weight": float(params.get("rerank_weight", 0.0))}
+        tables = []
         try:
-            tables = self.searcher.search(
-                images, k=params.get("k"), within_category=bool(params.get("within_category", False)),
-                rerank_column=params.get("rerank_column") or None, rerank_weight=float(params.get("rerank_weight", 0.0)))
-        except (BadImage, KeyError) as exc:
+            for row in range(len(frame)):
+                text = frame["text"].iloc[row] if "text" in frame else None
+                image = frame["image"].iloc[row] if "image" in frame else None
+                if isinstance(text, str) and text.strip():
+                    tables += self.searcher.search_text([text], **options)
+                elif image is not None and not (isinstance(image, float) and pd.isna(image)):
+                    tables += self.searcher.search([image], **options)
+                else:
+                    raise BadImage(f"row {row} has neither an image nor a text")
+        except BadImage as exc:
             raise MlflowException(f"bad input: {exc}", INVALID_PARAMETER_VALUE) from None
         return pd.concat([t.assign(query=i) for i, t in enumerate(tables)], ignore_index=True)
 

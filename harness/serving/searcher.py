@@ -22,9 +22,17 @@ from harness.backbones import build_backbone
 from harness.config import instantiate
 from harness.data.images import BadImage, decode_image
 from harness.errors import HarnessError
+from harness.preprocess import build_preprocess
+from harness.projections import FittedProjection
 from harness.search import GroupedIndex
 
 MAX_UPLOAD_BYTES = 10 << 20
+MAX_TEXT_CHARS = 1000
+
+
+class BadQuery(BadImage):
+    """A query the searcher cannot answer (not an image, an empty text, words for a model without a
+    text tower): the API's 400 and the page's message."""
 
 
 @dataclass
@@ -94,12 +102,14 @@ def _read_file(path: Path) -> bytes:
 
 
 class Searcher:
-    def __init__(self, settings: Settings, catalog: pd.DataFrame, features: np.ndarray):
+    def __init__(self, settings: Settings, catalog: pd.DataFrame, features: np.ndarray,
+                 projection: FittedProjection | None = None):
         self.settings, self.catalog = settings, catalog.reset_index(drop=True)
-        self.features = features.astype(np.float32)
+        self.projection = projection  # fitted on the served catalog; applied to it and to every query
+        self.features = projection.transform(features) if projection is not None else features.astype(np.float32)
         self.backbone = build_backbone({"backbone": settings.backbone, "layer": settings.layer})
         self.backbone.model  # build now, so the first shopper does not wait for it (or see a weights error late)
-        self.preprocess = instantiate(settings.preprocess)
+        self.preprocess = build_preprocess(settings.preprocess, self.backbone)
         self.metric = instantiate(settings.metric)
         self.category_level = settings.levels[0]
         self.index = GroupedIndex(self.features, self.metric, groups=self.catalog[self.category_level].to_numpy())
@@ -113,11 +123,15 @@ class Searcher:
 
     # -- persistence: plain files only --------------------------------------------------------
     @staticmethod
-    def write(directory: Path, settings: Settings, catalog: pd.DataFrame, features: np.ndarray) -> Path:
+    def write(directory: Path, settings: Settings, catalog: pd.DataFrame, features: np.ndarray,
+              projection: FittedProjection | None = None) -> Path:
+        """features: the backbone's (the projection, if any, is saved beside them as two arrays)."""
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "settings.json").write_text(json.dumps(vars(settings), indent=2))
         np.save(directory / "features.npy", features.astype(np.float32))
         catalog.to_csv(directory / "catalog.csv", index=False)
+        if projection is not None:
+            projection.save(directory / "projection.npz")
         return directory
 
     @classmethod
@@ -125,12 +139,16 @@ class Searcher:
         directory = Path(directory)
         settings = Settings(**json.loads((directory / "settings.json").read_text()))
         catalog = pd.read_csv(directory / "catalog.csv", dtype=str, keep_default_na=False)
-        return cls(settings, catalog, np.load(directory / "features.npy"))
+        projection = directory / "projection.npz"
+        return cls(settings, catalog, np.load(directory / "features.npy"),
+                   FittedProjection.load(projection) if projection.exists() else None)
 
     # -- search ------------------------------------------------------------------------------
     def embed(self, images: list[Image.Image]) -> np.ndarray:
+        """Photos → vectors in the searched space (the backbone's, projected if the model has a projection)."""
         arrays = [np.asarray(self.preprocess(img), dtype=np.uint8) for img in images]
-        return self.backbone.embed(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2))
+        emb = self.backbone.embed(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2))
+        return self.projection.transform(emb) if self.projection is not None else emb
 
     def predict_category(self, query_emb: np.ndarray, votes: int = 10) -> str:
         """An upload has no label: majority vote of its nearest catalog neighbours."""
@@ -142,18 +160,45 @@ class Searcher:
         paths = self.catalog.set_index("item_id")["path"]
         return [paths[i] for i in item_ids]
 
+    @property
+    def can_search_text(self) -> bool:
+        return self.backbone.can_embed_text
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        """Words → vectors in the searched space (the text tower's, projected like the photos)."""
+        texts = [str(t).strip() for t in texts]
+        if not all(texts):
+            raise BadQuery("an empty text query")
+        if any(len(t) > MAX_TEXT_CHARS for t in texts):
+            raise BadQuery(f"a text query longer than {MAX_TEXT_CHARS} characters")
+        try:
+            emb = self.backbone.embed_text(texts)
+        except HarnessError as exc:
+            raise BadQuery(str(exc)) from None
+        return self.projection.transform(emb) if self.projection is not None else emb
+
     def search(self, images: list, k: int | None = None, within_category: bool = False,
                rerank_column: str | None = None, rerank_weight: float = 0.0, candidates: int = 50) -> list[pd.DataFrame]:
-        """One table per image: rank, item_id, labels, image (relative path), distance, similarity,
+        """One table per photo: rank, item_id, labels, image (relative path), distance, similarity,
         [business score]."""
+        return self._rank(self.embed([decode_upload(v) for v in images]), "the query photo", k, within_category,
+                          rerank_column, rerank_weight, candidates)
+
+    def search_text(self, texts: list[str], k: int | None = None, within_category: bool = False,
+                    rerank_column: str | None = None, rerank_weight: float = 0.0, candidates: int = 50) -> list[pd.DataFrame]:
+        """One table per text ("red floral summer dress"), as for photos; needs a backbone with a text tower."""
+        return self._rank(self.embed_texts(texts), "the text query", k, within_category, rerank_column,
+                          rerank_weight, candidates)
+
+    def _rank(self, query_emb: np.ndarray, what: str, k, within_category, rerank_column, rerank_weight,
+              candidates) -> list[pd.DataFrame]:
         k = int(k or self.settings.k)
         if k < 1:
-            raise BadImage(f"k must be >= 1, got {k}")
-        query_emb = self.embed([decode_upload(v) for v in images])
+            raise BadQuery(f"k must be >= 1, got {k}")
         try:
-            self.metric.check(query_emb, "the query photo")
+            self.metric.check(query_emb, what)
         except HarnessError as exc:
-            raise BadImage(str(exc)) from None
+            raise BadQuery(str(exc)) from None
         out = []
         for emb in query_emb:
             predicted = self.predict_category(emb) if within_category else None
@@ -177,7 +222,7 @@ class Searcher:
 def rerank(table: pd.DataFrame, column: str, weight: float) -> pd.DataFrame:
     """Business re-ranking: score = (1 − w)·similarity + w·business, both min-max scaled over the candidates."""
     if column not in table:
-        raise KeyError(f"rerank.column={column!r} is not a catalog column")
+        raise BadQuery(f"rerank_column={column!r} is not a catalog column")
     business = pd.to_numeric(table[column], errors="coerce").fillna(0.0)
 
     def scale(s):
