@@ -5,7 +5,8 @@
     python -m harness.bench ann        # IVF vs exact over 1M x 1280 clustered vectors
     python -m harness.bench grid       # 3 backbones x 6 metrics vs extracting once per backbone
     python -m harness.bench serve      # p50 latency of one photo query over the products catalog
-    python -m harness.bench peak       # this CPU's GEMM FLOP/s, and the images/s it allows each backbone
+    python -m harness.bench peak       # this CPU's GEMM FLOP/s, and each runtime's share of it
+    python -m harness.bench scale      # extract.engine=ray vs local on the products catalog
 
 Every number is measured in the same process, on this machine, in the run that prints it.
 """
@@ -23,6 +24,8 @@ import pandas as pd
 import torch
 
 from harness.backbones import build_backbone
+from harness.backbones.base import cpu_has_bf16
+from harness.backbones.runtime import openvino_installed
 from harness.config import ROOT, compose_config, instantiate
 from harness.data.images import decode_image
 from harness.extract import extract
@@ -32,11 +35,24 @@ from harness.store import FeatureStore
 DEFAULT_CATALOG = ROOT.parent / "shared" / "data" / "fashion-products"
 
 
+ISA = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "amx_tile")
+
+
 def machine() -> dict:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "cores": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version()}
+    """What every result depends on: the CPU, its instruction sets, the software."""
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    # platform.processor() only where /proc says nothing: it forks `uname`, which crashed a process
+    # holding OpenVINO's and OpenMP's threads here (SIGSEGV while reading the child's output).
+    cpu = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), None) \
+        or platform.processor()
+    flags = set(next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), []))
+    try:
+        import openvino
+        ov_version = openvino.__version__.split("-")[0]
+    except ImportError:
+        ov_version = None
+    return {"cpu": cpu, "cores": torch.get_num_threads(), "isa": {f: f in flags for f in ISA},
+            "torch": torch.__version__, "openvino": ov_version, "python": platform.python_version()}
 
 
 
@@ -60,14 +76,16 @@ def plain_loop(backbone, preprocess, paths: list[str]) -> float:
     return len(paths) / (time.perf_counter() - t0)
 
 
-def harness_path(cfg, paths: list[str], batch_size: int, precision: str = "auto", compile: bool = False):
+def harness_path(cfg, paths: list[str], batch_size: int, precision: str = "auto", compile: bool = False,
+                 runtime: str | None = None):
     """`extract` into an empty store, as a run does. Returns its Features (rates from embed_seconds)."""
-    backbone = build_backbone(cfg, precision=precision, compile=compile)
+    backbone = build_backbone(cfg, precision=precision, compile=compile, **({"runtime": runtime} if runtime else {}))
     with tempfile.TemporaryDirectory() as tmp:
         store = FeatureStore(str(Path(tmp) / "f.sqlite"))
         feats = extract(paths, backbone, build_preprocess(cfg.preprocess, backbone), store, batch_size=batch_size,
                         num_workers=cfg.extract.num_workers, progress=False)
         store.close()
+    feats.runtime = backbone.runtime  # what actually ran (a network that does not convert falls back to torch)
     return feats
 
 
@@ -87,37 +105,66 @@ def backbone_spec(entry: str) -> tuple[str, list[str]]:
     return name, [f"backbone.{kv}" for kv in rest.split(",") if kv]
 
 
+def runtimes(compile: bool) -> dict[str, dict]:
+    """The ways to run a network: torch eager (the CPU's default precision, and fp32), torch compiled,
+    OpenVINO fp32 and, where the CPU has bf16, OpenVINO bf16."""
+    out = {"torch": {"runtime": "torch"}, "torch_fp32": {"runtime": "torch", "precision": "fp32"}}
+    if compile:
+        out["torch_compiled"] = {"runtime": "torch", "compile": True}
+    if openvino_installed():
+        out["openvino_fp32"] = {"runtime": "openvino", "precision": "fp32"}
+        if cpu_has_bf16():
+            out["openvino_bf16"] = {"runtime": "openvino", "precision": "bf16"}
+    return out
+
+
 def bench_extract(args) -> list[dict]:
-    rows = []
+    """Images/s with decode included, every runtime in the same run, `--rounds` interleaved rounds
+    (so drift on a shared machine hits every variant alike); medians reported, every round kept."""
+    rows, variants = [], runtimes(args.compile)
     for entry in args.backbones:
         name, overrides = backbone_spec(entry)
         weights = "imagenet" if name == "efficientnet_lite0" else "random"
         cfg = compose_config(f"backbone={name}", f"backbone.weights={weights}", *overrides)
         n = args.images if name != "vgg16" and name != "vgg19" else min(args.images, 512)
         paths = catalog_paths(args.catalog, n)
-        backbone = build_backbone(cfg)
-        plain = plain_loop(backbone, build_preprocess(cfg.preprocess, backbone), paths[: args.plain_images]) \
-            if args.plain_images else None
-        for bs in args.batch_sizes:
-            for compile in (False, True) if args.compile else (False,):
-                feats = harness_path(cfg, paths, bs, compile=compile)
-                ips = feats.extracted / feats.embed_seconds
-                rows.append({"backbone": entry, "arch": backbone.arch, "weights": weights, "images": len(paths),
-                             "input_size": backbone.input_size, "dim": int(feats.emb.shape[1]), "batch_size": bs,
-                             "precision": backbone.precision, "compiled": compile,
-                             "harness_images_per_s": round(ips, 1), "compile_seconds": round(feats.compile_seconds, 1),
-                             "feature_stage_seconds": round(feats.seconds, 1),
-                             "plain_fp32_images_per_s": round(plain, 1) if plain else None,
-                             "speedup": round(ips / plain, 2) if plain else None})
-                print(rows[-1], flush=True)
-    if args.agreement:
-        cfg = compose_config("backbone=efficientnet_lite0")
+        backbone = build_backbone(cfg, runtime="torch")
+        rates: dict[str, list[float]] = {"plain_fp32_loop": []} if args.plain_images else {}
+        prepare = {}
+        for _ in range(args.rounds):
+            if args.plain_images:
+                rates["plain_fp32_loop"].append(plain_loop(backbone, build_preprocess(cfg.preprocess, backbone),
+                                                           paths[: args.plain_images]))
+            for label, settings in variants.items():
+                feats = harness_path(cfg, paths, args.batch_size, settings.get("precision", "auto"),
+                                     settings.get("compile", False), settings["runtime"])
+                rates.setdefault(label if feats.runtime == settings["runtime"] else f"{label}_fell_back", []).append(
+                    feats.extracted / feats.embed_seconds)
+                prepare.setdefault(label, round(feats.compile_seconds, 1))  # the first round: converting/compiling
+        median = {k: round(float(np.median(v)), 1) for k, v in rates.items()}
+        row = {"backbone": entry, "arch": backbone.arch, "weights": weights, "images": len(paths),
+               "input_size": backbone.input_size, "dim": backbone.dim if weights == "random" else None,
+               "batch_size": args.batch_size, "default_precision": backbone.precision, "rounds": args.rounds,
+               "images_per_s": median, "all_rounds": {k: [round(x, 1) for x in v] for k, v in rates.items()},
+               "first_prepare_seconds": prepare}
+        if args.plain_images:
+            row["speedup_vs_plain"] = {k: round(v / median["plain_fp32_loop"], 2) for k, v in median.items()
+                                       if k != "plain_fp32_loop"}
+        rows.append(row)
+        print(row, flush=True)
+    for name in args.agreement:
+        cfg = compose_config(f"backbone={name}", f"backbone.weights={'imagenet' if name == 'efficientnet_lite0' else 'random'}")
         paths = catalog_paths(args.catalog, None)
-        bf16 = harness_path(cfg, paths, args.batch_sizes[0], "bf16").emb
-        fp32 = harness_path(cfg, paths, args.batch_sizes[0], "fp32").emb
-        rows.append({"backbone": "efficientnet_lite0", "images": len(paths),
-                     "fp32_vs_bf16_top5_agreement": round(topk_agreement(fp32, bf16), 4)})
-        print(rows[-1], flush=True)
+        reference = harness_path(cfg, paths, args.batch_size, "fp32", runtime="torch").emb
+        row = {"backbone": name, "images": len(paths), "top5_agreement_with_torch_fp32": {}}
+        for label, settings in variants.items():
+            if label in ("torch_fp32", "torch_compiled"):
+                continue
+            emb = harness_path(cfg, paths, args.batch_size, settings.get("precision", "auto"),
+                               settings.get("compile", False), settings["runtime"]).emb
+            row["top5_agreement_with_torch_fp32"][label] = round(topk_agreement(reference, emb), 4)
+        rows.append(row)
+        print(row, flush=True)
     return rows
 
 
@@ -133,31 +180,38 @@ def gemm_gflops(dtype: torch.dtype, seconds: float, n: int = 4096) -> float:
 
 
 def bench_peak(args) -> list[dict]:
-    """How close extraction is to the hardware: the network's FLOPs per image (what the harness runs, up
-    to the tapped layer) against the best bf16 GEMM rate, and the forward rate on random input (no decode)."""
+    """How close each runtime gets to the hardware: the network's FLOPs per image (up to the tapped layer)
+    times its forward rate on random input (no decode), as a share of this CPU's GEMM rate in the same
+    precision (fp32 runtimes against the fp32 GEMM, bf16 ones against the bf16 GEMM)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     peak = {"fp32": gemm_gflops(torch.float32, args.seconds), "bf16": gemm_gflops(torch.bfloat16, args.seconds)}
     rows = [{"backbone": "GEMM 4096^3", **{f"{p}_gemm_gflops": round(v, 1) for p, v in peak.items()}}]
     print(rows[-1], flush=True)
     for name in args.backbones:
-        cfg = compose_config(f"backbone={name}", "backbone.weights=random", "backbone.precision=bf16")
-        backbone = build_backbone(cfg)
-        images = torch.randint(0, 256, (args.batch_size, 3, backbone.input_size, backbone.input_size), dtype=torch.uint8)
+        cfg = compose_config(f"backbone={name}", "backbone.weights=random")
+        counted = build_backbone(cfg, runtime="torch", precision="fp32")
+        images = torch.randint(0, 256, (args.batch_size, 3, counted.input_size, counted.input_size), dtype=torch.uint8)
         with FlopCounterMode(display=False) as counter:
-            backbone.embed(images[:1])
+            counted.embed(images[:1])
         gflop = counter.get_total_flops() / 1e9
-        backbone.embed(images)
-        done, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < args.seconds:
+        row = {"backbone": name, "gflop_per_image": round(gflop, 2), "batch_size": args.batch_size,
+               "ceiling_images_per_s": {p: round(v / gflop, 1) for p, v in peak.items()},
+               "forward_images_per_s": {}, "share_of_ceiling": {}}
+        for label, settings in runtimes(compile=False).items():
+            backbone = build_backbone(cfg, runtime=settings["runtime"], precision=settings.get("precision", "auto"))
+            backbone.prepare(args.batch_size)
             backbone.embed(images)
-            done += len(images)
-        forward = done / (time.perf_counter() - t0)
-        rows.append({"backbone": name, "gflop_per_image": round(gflop, 2), "batch_size": args.batch_size,
-                     "ceiling_images_per_s": round(peak["bf16"] / gflop, 1),
-                     "forward_images_per_s": round(forward, 1),
-                     "share_of_ceiling": round(forward * gflop / peak["bf16"], 2)})
-        print(rows[-1], flush=True)
+            done, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < args.seconds:
+                backbone.embed(images)
+                done += len(images)
+            forward = done / (time.perf_counter() - t0)
+            label = f"{label} ({backbone.precision})" if label == "torch" else label
+            row["forward_images_per_s"][label] = round(forward, 1)
+            row["share_of_ceiling"][label] = round(forward * gflop / peak[backbone.precision], 2)
+        rows.append(row)
+        print(row, flush=True)
     return rows
 
 
@@ -318,6 +372,56 @@ def bench_serve(args) -> list[dict]:
     return [row]
 
 
+def bench_scale(args) -> list[dict]:
+    """extract.engine=ray against the local engine on the same images, fresh stores, interleaved rounds.
+    images/s leaves out Ray's start-up (connecting, starting workers, building their networks, the
+    first batch), reported apart; per-worker rates feed the README's cost model."""
+    from harness.extract import build_engine, worker_config
+
+    variants = {"local": ["extract.engine=local"]}
+    for workers, cpus in args.ray:
+        variants[f"ray_{workers}x{cpus}cpu"] = ["extract.engine=ray", f"extract.ray.workers={workers}",
+                                                f"extract.ray.num_cpus={cpus}"]
+    base = ("dataset=products", f"dataset.root={args.catalog}", f"backbone={args.backbone}",
+            f"dataset.limit={args.images or 'null'}")
+    rates: dict[str, list[float]] = {}
+    startup: dict[str, list[float]] = {}
+    seen: dict[str, dict] = {}
+    reference = None
+    for r in range(args.rounds):
+        for label, settings in variants.items():
+            cfg = compose_config(*base, *settings)
+            paths = instantiate(cfg.dataset).load().items["path"].tolist()
+            backbone = build_backbone(cfg)
+            with tempfile.TemporaryDirectory() as tmp:
+                store = FeatureStore(str(Path(tmp) / "f.sqlite"))
+                feats = extract(paths, backbone, build_preprocess(cfg.preprocess, backbone), store,
+                                batch_size=cfg.extract.batch_size, progress=False,
+                                engine=build_engine(cfg.extract, worker_config(cfg)))
+                store.close()
+            m = feats.metrics()
+            rates.setdefault(label, []).append(round(m["images_per_second"], 1))
+            if "engine_startup_seconds" in m:
+                startup.setdefault(label, []).append(round(m["engine_startup_seconds"], 1))
+            if reference is None:
+                reference = feats.emb
+            seen[label] = {"images": int(feats.valid.sum()), "skipped": len(feats.skipped),
+                           "nodes": m.get("ray_nodes"), "workers": m.get("ray_workers"),
+                           "max_abs_diff_vs_first": float(np.abs(feats.emb - reference).max())}
+            print(label, r, rates[label][-1], startup.get(label, [None])[-1], flush=True)
+    median = {k: float(np.median(v)) for k, v in rates.items()}
+    rows = []
+    for label in variants:
+        row = {"engine": label, "images_per_s": median[label], "all_rounds": rates[label],
+               "vs_local": round(median[label] / median["local"], 3), **seen[label]}
+        if label in startup:
+            row["startup_seconds_median"] = float(np.median(startup[label]))
+            workers = int(label.split("_")[1].split("x")[0])
+            row["images_per_s_per_worker"] = round(median[label] / workers, 1)
+        rows.append(row)
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m harness.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -328,9 +432,11 @@ def main(argv=None):
     ex.add_argument("--catalog", type=Path, default=DEFAULT_CATALOG)
     ex.add_argument("--images", type=int, default=1024, help="images per harness-path measurement")
     ex.add_argument("--plain-images", type=int, default=128, help="0: skip the study's per-image loop")
-    ex.add_argument("--batch-sizes", type=int, nargs="+", default=[8])
-    ex.add_argument("--agreement", action="store_true", help="also fp32-vs-bf16 top-5 agreement")
-    ex.add_argument("--compile", action="store_true", help="also with extract.compile=true (same run)")
+    ex.add_argument("--batch-size", type=int, default=8)
+    ex.add_argument("--agreement", nargs="*", default=[], metavar="BACKBONE",
+                    help="also each runtime's top-5 agreement with torch fp32 over the whole catalog")
+    ex.add_argument("--compile", action="store_true", help="also torch with extract.compile=true")
+    ex.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians reported)")
     se = sub.add_parser("search", help="exact search queries/s per metric vs scikit-learn brute force")
     se.add_argument("--n", type=int, nargs="+", default=[10_000, 100_000])
     se.add_argument("--dims", type=int, nargs="+", default=[1280, 4096])
@@ -357,13 +463,20 @@ def main(argv=None):
     pk.add_argument("--backbones", nargs="+", default=["efficientnet_lite0", "resnet50", "vgg16"])
     pk.add_argument("--batch-size", type=int, default=8)
     pk.add_argument("--seconds", type=float, default=15.0)
+    sc = sub.add_parser("scale", help="extract.engine=ray vs local on the products catalog")
+    sc.add_argument("--catalog", type=Path, default=DEFAULT_CATALOG)
+    sc.add_argument("--backbone", default="efficientnet_lite0")
+    sc.add_argument("--images", type=int, default=0, help="0: the whole catalog")
+    sc.add_argument("--ray", type=lambda v: tuple(int(x) for x in v.split("x")), nargs="+", default=[(2, 1), (1, 1)],
+                    metavar="WORKERSxCPUS", help="Ray variants, e.g. 2x1 (two workers of one CPU each)")
+    sc.add_argument("--rounds", type=int, default=2)
     for p in sub.choices.values():
         p.add_argument("--k", type=int, default=5)
         p.add_argument("--out", type=Path, default=ROOT / "experiments" / "bench")
         p.add_argument("--name", help="JSON file name (default: the section's)")
     args = parser.parse_args(argv)
     sections = {"extract": bench_extract, "search": bench_search, "ann": bench_ann, "grid": bench_grid,
-                "serve": bench_serve, "peak": bench_peak}
+                "serve": bench_serve, "peak": bench_peak, "scale": bench_scale}
     rows = sections[args.section](args)
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"section": args.section, "machine": machine(), "date": time.strftime("%Y-%m-%d"), "rows": rows}

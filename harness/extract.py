@@ -4,7 +4,9 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -13,7 +15,8 @@ from tqdm import tqdm
 
 from harness import liveness
 from harness.backbones.base import Backbone, describe
-from harness.data.images import BadImage, content_hash, decode_image
+from harness.data.images import BadImage, content_hash, read_image
+from harness.errors import HarnessError
 from harness.store import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -28,16 +31,20 @@ class Features:
     seconds: float = 0.0            # wall time of the whole feature stage
     embed_seconds: float = 0.0      # wall time of decoding + embedding the new images
     wait_seconds: float = 0.0       # waiting for images another run was embedding (not in embed_seconds)
-    compile_seconds: float = 0.0    # compiling the network first (extract.compile), not in embed_seconds
+    compile_seconds: float = 0.0    # readying the network (OpenVINO conversion, extract.compile), not in embed_seconds
     fingerprint: str = ""
     hashes: list = field(default_factory=list)  # content hash per image (None if unreadable)
+    engine: dict = field(default_factory=dict)  # what the engine reports (start-up seconds, nodes, workers)
+    rate_images: int | None = None  # images behind images/s (an engine's start-up batch left out)
 
     def metrics(self) -> dict[str, float]:
         """What a run logs about its feature stage; images/s excludes compiling and counts decoding."""
         out = {"feature_dim": self.emb.shape[1], "extract_seconds": self.seconds,
                "images_extracted": self.extracted, "skipped_images": len(self.skipped)}
-        if self.extracted:
-            out["images_per_second"] = self.extracted / self.embed_seconds
+        if self.extracted and self.embed_seconds > 0:
+            rated = self.extracted if self.rate_images is None else self.rate_images
+            out["images_per_second"] = rated / self.embed_seconds
+        out.update(self.engine)
         if self.compile_seconds:
             out["compile_seconds"] = self.compile_seconds
         if self.wait_seconds:
@@ -45,8 +52,21 @@ class Features:
         return out
 
 
+def load(path: str, preprocess) -> tuple[torch.Tensor | None, str, str | None]:
+    """Read, decode, preprocess one file → (uint8 CHW tensor or None, why not, content hash). The same
+    robust decoder wherever it runs: a broken file comes back as a reason, never as an exception."""
+    try:
+        img, digest = read_image(path)
+        arr = np.asarray(preprocess(img), dtype=np.uint8)
+        return torch.from_numpy(arr.copy()).permute(2, 0, 1), "", digest
+    except BadImage as exc:
+        return None, str(exc), None
+    except OSError as exc:
+        return None, f"unreadable ({exc})", None
+
+
 class _Decode(Dataset):
-    """Worker-side: read, decode, preprocess → uint8 CHW tensor (or the reason it failed)."""
+    """Decoding processes beside the model."""
 
     def __init__(self, paths: list[str], preprocess):
         self.paths, self.preprocess = paths, preprocess
@@ -55,15 +75,7 @@ class _Decode(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i):
-        try:
-            with open(self.paths[i], "rb") as fh:
-                img = decode_image(fh.read())
-            arr = np.asarray(self.preprocess(img), dtype=np.uint8)
-            return i, torch.from_numpy(arr.copy()).permute(2, 0, 1), ""
-        except BadImage as exc:
-            return i, None, str(exc)
-        except OSError as exc:
-            return i, None, f"unreadable ({exc})"
+        return (i, *load(self.paths[i], self.preprocess))
 
 
 def _collate(batch):
@@ -82,62 +94,159 @@ def hash_files(paths: list[str]) -> tuple[list[str | None], dict[int, str]]:
     return hashes, failed
 
 
+@dataclass
+class Job:
+    """What an engine embeds: `pending` rows of `paths`, through `claim` (which rows this run may embed:
+    another run on the same store may hold some)."""
+    paths: list[str]
+    pending: list[int]
+    hashes: list
+    backbone: Backbone
+    preprocess: object
+    batch_size: int
+    claim: Callable[..., set[int]]
+
+
+Result = tuple[int, "str | None", "np.ndarray | None", str]  # (row, content hash, vector, why not)
+
+
+class Engine:
+    """Where images are decoded and embedded. `extract` drives it and is the only writer of the feature
+    store; an engine yields results batch by batch. A new engine is one subclass with a `name`."""
+    registry: dict[str, type["Engine"]] = {}
+    name: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            Engine.registry[cls.name] = cls
+
+    def __init__(self):
+        self.metrics: dict[str, float] = {}  # logged with the run (start-up, nodes, workers, ...)
+        self.startup_images = 0  # images embedded during start-up, left out of images/s
+
+    def batches(self, job: Job) -> Iterator[list[Result]]:
+        raise NotImplementedError
+
+
 class _Claiming(Sampler):
-    """Yields the images to embed block by block, claiming each block in the store first and skipping
+    """Yields the rows to embed block by block, claiming each block in the store first and skipping
     what another run holds: a DataLoader draws from it as it goes, so claims stay close to the work."""
 
-    def __init__(self, order: list[int], hashes: list, store: FeatureStore, fingerprint: str, owner: str,
-                 block: int):
-        self.order, self.hashes, self.store, self.fingerprint, self.owner = order, hashes, store, fingerprint, owner
-        self.block = block
+    def __init__(self, order: list[int], claim, block: int):
+        self.order, self.claim, self.block = order, claim, block
 
     def __iter__(self):
         for start in range(0, len(self.order), self.block):
             part = self.order[start:start + self.block]
-            mine = self.store.claim(self.fingerprint, [self.hashes[i] for i in part], self.owner)
-            yield from (i for i in part if self.hashes[i] in mine)
+            mine = self.claim(part)
+            yield from (i for i in part if i in mine)
 
     def __len__(self):
         return len(self.order)
 
 
+class LocalEngine(Engine):
+    """This process: DataLoader workers decode, the backbone embeds in batches."""
+    name = "local"
+
+    def __init__(self, num_workers: int = 2):
+        super().__init__()
+        self.num_workers = num_workers
+
+    def batches(self, job: Job) -> Iterator[list[Result]]:
+        loader = DataLoader(_Decode(job.paths, job.preprocess), batch_size=job.batch_size,
+                            num_workers=self.num_workers, collate_fn=_collate,
+                            sampler=_Claiming(job.pending, job.claim, 8 * job.batch_size))
+        for batch in loader:
+            good = [t for _, t, _, _ in batch if t is not None]
+            vecs = iter(job.backbone.embed(torch.stack(good)) if good else [])
+            yield [(i, digest, next(vecs) if t is not None else None, reason) for i, t, reason, digest in batch]
+
+
+def worker_config(cfg) -> dict:
+    """The part of a run's config that builds its backbone and preprocessing, resolved to plain values:
+    what an engine sends to workers elsewhere."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, ["backbone", "layer", "preprocess", "extract", "paths"]),
+                                  resolve=True)
+
+
+def build_engine(extract_cfg, config=None) -> Engine:
+    """`extract.engine` with its settings (`extract.<engine>`); `config` is the run's resolved config,
+    for engines that build the backbone elsewhere."""
+    import harness.distributed  # noqa: F401  (registers the ray engine; ray itself is imported on use)
+
+    name = extract_cfg.get("engine", "local")
+    if name not in Engine.registry:
+        raise HarnessError(f"extract.engine={name!r}: choose one of {', '.join(Engine.registry)}.")
+    if name == "local":
+        return LocalEngine(extract_cfg.num_workers)
+    from omegaconf import OmegaConf
+
+    settings = extract_cfg.get(name) or {}
+    settings = OmegaConf.to_container(settings, resolve=True) if OmegaConf.is_config(settings) else dict(settings)
+    try:
+        return Engine.registry[name](config=config, **settings)
+    except TypeError as exc:  # an unknown key under extract.<engine>
+        raise HarnessError(f"extract.{name}: {exc}".replace("__init__() ", "")) from None
+
+
 def extract(paths: list[str], backbone: Backbone, preprocess, store: FeatureStore,
-            batch_size: int = 32, num_workers: int = 2, progress: bool = True) -> Features:
+            batch_size: int = 8, num_workers: int = 2, progress: bool = True, engine: Engine | None = None) -> Features:
+    """Features for `paths` from the store, embedding (with `engine`, default this process) what it lacks."""
+    engine = engine or LocalEngine(num_workers)
     t0 = time.perf_counter()
-    fingerprint, description = describe({**backbone.fingerprint, "store_dtype": store.dtype.name},
-                                         preprocess.fingerprint())
+    hashes, failed = hash_files(paths)
+    prepare_seconds = 0.0
+    while True:
+        fingerprint, description = describe({**backbone.fingerprint, "store_dtype": store.dtype.name},
+                                             preprocess.fingerprint())
+        cached = store.get(fingerprint, [h for h in hashes if h])
+        todo: dict[str, int] = {}  # one embedding per distinct content
+        for i, h in enumerate(hashes):
+            if h and h not in cached and h not in todo:
+                todo[h] = i
+        before = backbone.fingerprint
+        # Compile or convert the network only when there is something to embed; a network that does not
+        # convert runs with another runtime, whose features are another fingerprint's: look again.
+        prepare_seconds += backbone.prepare(batch_size) if todo else 0.0
+        if backbone.fingerprint == before:
+            break
     dim = store.dim(fingerprint) or backbone.dim  # from the store when known: the network may never be built
     store.register(fingerprint, description, dim)
-    hashes, failed = hash_files(paths)
-    cached = store.get(fingerprint, [h for h in hashes if h])
-    todo: dict[str, int] = {}  # one embedding per distinct content
-    for i, h in enumerate(hashes):
-        if h and h not in cached and h not in todo:
-            todo[h] = i
-    compile_seconds = backbone.compile_network(batch_size) if todo and backbone.compile else 0.0
-    t_embed, waited, embedded = time.perf_counter(), 0.0, 0
+    t_embed, waited, embedded, duplicates = time.perf_counter(), 0.0, 0, 0
     owner = f"{liveness.me()}:{uuid.uuid4().hex[:8]}"
     if todo:
-        log.info("extracting %d images with %s (%s); %d from the feature store",
-                 len(todo), backbone.arch, backbone.precision, len(paths) - len(todo) - len(failed))
+        log.info("extracting %d images with %s (%s, %s); %d from the feature store", len(todo), backbone.arch,
+                 backbone.runtime, backbone.precision, len(paths) - len(todo) - len(failed))
     with tqdm(total=len(todo), desc=f"extract {backbone.arch}", unit="img", disable=None if progress else True,
               mininterval=2) as bar:
         try:
             pending = list(todo.values())
             while pending:
-                loader = DataLoader(_Decode(paths, preprocess), batch_size=batch_size, num_workers=num_workers,
-                                    collate_fn=_collate,
-                                    sampler=_Claiming(pending, hashes, store, fingerprint, owner, 8 * batch_size))
-                for batch in loader:
-                    good = [(i, t) for i, t, _ in batch if t is not None]
-                    failed.update({i: reason for i, _, reason in batch if reason})
-                    if good:
-                        vecs = backbone.embed(torch.stack([t for _, t in good]))
-                        new = [hashes[i] for i, _ in good]
+                def claim(rows, lease=600.0):
+                    mine = store.claim(fingerprint, [hashes[i] for i in rows], owner, lease)
+                    return {i for i in rows if hashes[i] in mine}
+
+                job = Job(paths, pending, hashes, backbone, preprocess, batch_size, claim)
+                for results in engine.batches(job):
+                    new, vecs = [], []
+                    for i, digest, vec, reason in results:
+                        if reason or digest != hashes[i]:
+                            failed[i] = reason or "changed while extracting (embed it in a later run)"
+                        elif digest in cached or digest in new:
+                            duplicates += 1  # a batch that ran twice (a retried task): stored once
+                        else:
+                            new.append(digest)
+                            vecs.append(vec)
+                    if new:
+                        vecs = np.stack(vecs)
                         store.put(fingerprint, new, vecs)
                         cached.update(zip(new, vecs.astype(store.dtype).astype(np.float32)))
-                        embedded += len(good)
-                    bar.update(len(batch))
+                        embedded += len(new)
+                    bar.update(len(results))
                 # What other runs held: read it as it lands; claim it if its owner died or its lease ran out.
                 t_wait = time.perf_counter()
                 pending = [i for i in pending if hashes[i] not in cached and i not in failed]
@@ -152,7 +261,10 @@ def extract(paths: list[str], backbone: Backbone, preprocess, store: FeatureStor
                 waited += time.perf_counter() - t_wait
         finally:
             store.release(fingerprint, owner)
-    embed_seconds = time.perf_counter() - t_embed - waited
+    startup = engine.metrics.get("engine_startup_seconds", 0.0)
+    embed_seconds = time.perf_counter() - t_embed - waited - startup
+    if duplicates:
+        log.info("%d images came back twice (retried batches); each is stored once", duplicates)
     for i, reason in sorted(failed.items()):
         log.warning("skipped %s: %s", paths[i], reason)
     emb = np.zeros((len(paths), dim), dtype=np.float32)
@@ -167,5 +279,6 @@ def extract(paths: list[str], backbone: Backbone, preprocess, store: FeatureStor
             failed[i] = "duplicate of a skipped file"
     skipped = [(paths[i], failed[i]) for i in sorted(failed)]
     return Features(emb, valid, skipped, extracted=embedded, seconds=time.perf_counter() - t0,
-                    embed_seconds=embed_seconds, wait_seconds=waited, compile_seconds=compile_seconds,
-                    fingerprint=fingerprint, hashes=hashes)
+                    embed_seconds=embed_seconds, wait_seconds=waited, compile_seconds=prepare_seconds,
+                    fingerprint=fingerprint, hashes=hashes, engine=engine.metrics,
+                    rate_images=embedded - min(engine.startup_images, embedded))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import tempfile
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from harness.backbones import build_backbone
 from harness.config import instantiate, validate
 from harness.errors import HarnessError
 from harness.evaluate import check_k, evaluate
-from harness.extract import extract
+from harness.extract import build_engine, extract, worker_config
 from harness.preprocess import build_preprocess
 from harness.protocols import restrict
 from harness.search import index_class
@@ -34,6 +35,18 @@ def build_projection(cfg: DictConfig):
     return instantiate(spec) if spec and "_target_" in spec else None
 
 
+def check_remote_store(cfg: DictConfig) -> None:
+    """A sweep job on another machine than the one that launched the sweep reads the feature store at
+    a path every node sees; it never starts a new store of its own (it would embed the whole catalog
+    again on every node)."""
+    host = socket.gethostname()
+    driver = tracking.sweep_host(cfg)
+    if driver and driver != host and not Path(cfg.store.path).exists():
+        raise HarnessError(f"store.path={cfg.store.path} does not exist on {host}, where this job of a sweep "
+                           f"launched on {driver} runs. Extract once (extract.engine=ray) into a store on "
+                           "storage every node mounts at the same path, and point store.path at it.")
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
     validate(cfg)
     catalog, folds = instantiate(cfg.protocol).split(instantiate(cfg.dataset).load())
@@ -51,12 +64,13 @@ def run(cfg: DictConfig) -> dict[str, float]:
     backbone.check_weights()
     FeatureStore.check(cfg.store.path)
     index_class(cfg.search.index, metric, dict(cfg.search.params))
+    engine = build_engine(cfg.extract, worker_config(cfg))
+    check_remote_store(cfg)
     with tracking.job_run(cfg, run_name) as job:
         store = FeatureStore(cfg.store.path, cfg.store.dtype)
         try:
             feats = extract(catalog.items["path"].tolist(), backbone, preprocess, store,
-                            batch_size=cfg.extract.batch_size, num_workers=cfg.extract.num_workers,
-                            progress=cfg.extract.progress)
+                            batch_size=cfg.extract.batch_size, progress=cfg.extract.progress, engine=engine)
             catalog.items["content_hash"] = feats.hashes
             catalog, folds = restrict(catalog, folds, feats.valid)
             result = evaluate(feats.emb[feats.valid], catalog, folds, metric, evaluators, int(cfg.k),

@@ -74,7 +74,8 @@ _configured: dict[tuple[str, str], str] = {}
 def configure(tracking: DictConfig) -> str:
     """Point MLflow at the configured store (created or upgraded under a file lock beside a SQLite
     database, so concurrent first runs cannot race in MLflow's migrations); create the experiment with
-    its artifacts beside the database. Returns the experiment id."""
+    its artifacts beside the database (a tracking server: where the server keeps them). Returns the
+    experiment id."""
     key = (tracking.uri, tracking.experiment)
     mlflow.set_tracking_uri(tracking.uri)
     if key not in _configured:
@@ -87,8 +88,11 @@ def configure(tracking: DictConfig) -> str:
                 client = MlflowClient()
                 exp = client.get_experiment_by_name(tracking.experiment)  # creates the schema if needed
                 if exp is None:
+                    # A tracking server keeps artifacts where `mlflow server --artifacts-destination` says,
+                    # which every machine reaches through it; a local folder is only for a local database.
                     root = Path(tracking.artifact_root).resolve() / tracking.experiment
-                    client.create_experiment(tracking.experiment, artifact_location=root.as_uri())
+                    client.create_experiment(tracking.experiment,
+                                             artifact_location=root.as_uri() if path is not None else None)
                     exp = client.get_experiment_by_name(tracking.experiment)
         except MlflowException as exc:
             first = str(exc.message).strip().splitlines()[0][:300] if str(exc.message).strip() else type(exc).__name__
@@ -250,6 +254,24 @@ def _sweep_run_id(exp_id: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
+def sweep_host(cfg: DictConfig) -> str | None:
+    """The machine that launched this job's sweep (None outside a tracked sweep)."""
+    if not enabled(cfg) or _sweep_dir() is None:
+        return None
+    sweep = _sweep_run_id(configure(cfg.tracking))
+    process = MlflowClient().get_run(sweep).data.tags.get("harness.process", "") if sweep else ""
+    return process.rsplit(":", 2)[0] or None
+
+
+def expected_jobs(config: DictConfig) -> int:
+    """How many jobs the sweep's overrides make (Hydra's basic sweeper: the cartesian product)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    return sum(len(batch) for batch in BasicSweeper.split_arguments(parsed, None))
+
+
 @contextmanager
 def job_run(cfg: DictConfig, run_name: str):
     """One MLflow run per job, nested under the sweep's run during a multirun. Ctrl-C or SIGTERM end
@@ -303,6 +325,12 @@ class SweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         if self.run_id:
             client = MlflowClient()
+            # A launcher that runs jobs elsewhere (Ray, joblib) calls on_job_end there, not here: count
+            # the jobs that finished a run against the jobs the sweep made.
+            finished = len(sweep_children(config.tracking, self.run_id))
+            missing = expected_jobs(config) - finished
+            if missing > len(self.failures):
+                self.failures += [f"{missing - len(self.failures)} job(s) without a finished run"]
             client.set_tag(self.run_id, "harness.jobs_failed", str(len(self.failures)))
             client.set_terminated(self.run_id, status="FAILED" if self.failures else "FINISHED")
             _open_sweeps.discard(self.run_id)

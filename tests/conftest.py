@@ -6,8 +6,10 @@ subcategory = colour, so retrieval quality is checkable (a red circle must find 
 from __future__ import annotations
 
 import csv
+import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -62,9 +64,22 @@ def make_catalog(root: Path, per_class: int = 6, seed: int = 0, extra_columns: b
     return root
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on (yet)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture
 def catalog_dir(tmp_path) -> Path:
     return make_catalog(tmp_path / "catalog")
+
+
+# Networks converted by OpenVINO are shared by the whole session (each would otherwise be converted again
+# in every test's own folder); everything else a test writes stays under its tmp_path.
+OPENVINO_CACHE = Path(tempfile.mkdtemp(prefix="harness-openvino-"))
+SHARED = (f"paths.openvino={OPENVINO_CACHE}",)
 
 
 @pytest.fixture
@@ -73,7 +88,7 @@ def cfg_factory(tmp_path):
 
     def _compose(*overrides: str):
         return compose_config(f"paths.root={tmp_path}", "extract.progress=false", "extract.num_workers=0",
-                              *overrides)
+                              *SHARED, *overrides)
 
     return _compose
 
@@ -84,7 +99,7 @@ def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("served")
     catalog = make_catalog(root / "catalog")
     subprocess.run([sys.executable, "-m", "harness", "dataset=products", f"dataset.root={catalog}",
-                    f"paths.root={root}", "extract.progress=false", "extract.num_workers=0"],
+                    f"paths.root={root}", "extract.progress=false", "extract.num_workers=0", *SHARED],
                    cwd=ROOT, check=True, capture_output=True, timeout=600)
     tracking.configure(compose_config(f"paths.root={root}").tracking)
     model, searcher = tracking.load_model(URI)
@@ -98,7 +113,7 @@ def served_clip(tmp_path_factory):
     catalog = make_catalog(root / "catalog")
     subprocess.run([sys.executable, "-m", "harness", "dataset=products", f"dataset.root={catalog}",
                     "backbone=open_clip", "backbone.arch=ViT-S-32", "backbone.pretrained=null", "backbone.weights=random",
-                    f"paths.root={root}", "extract.progress=false", "extract.num_workers=0"],
+                    f"paths.root={root}", "extract.progress=false", "extract.num_workers=0", *SHARED],
                    cwd=ROOT, check=True, capture_output=True, timeout=600)
     tracking.configure(compose_config(f"paths.root={root}").tracking)
     model, searcher = tracking.load_model(URI)

@@ -32,7 +32,7 @@ def test_graph_node_and_pooling_choices(cfg_factory):
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="bf16 convolutions need oneDNN")
 def test_bf16_weights_cast_once_give_the_autocast_features(cfg_factory):
-    bb = make(cfg_factory, "backbone=resnet50", "backbone.weights=random", "backbone.precision=bf16")
+    bb = make(cfg_factory, "backbone=resnet50", "backbone.weights=random", "backbone.precision=bf16", "backbone.runtime=torch")
     x = torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8)
     features = bb.embed(x)
     convs = [m for m in bb.model.modules() if isinstance(m, torch.nn.Conv2d)]

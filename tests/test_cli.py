@@ -12,12 +12,13 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from harness import ROOT
+from tests.conftest import SHARED
 
 pytestmark = pytest.mark.slow
 
 
 def harness(tmp_path, *args, check=True):
-    cmd = [sys.executable, "-m", "harness", *args, f"paths.root={tmp_path}", "extract.progress=false"]
+    cmd = [sys.executable, "-m", "harness", *args, f"paths.root={tmp_path}", "extract.progress=false", *SHARED]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     if check:
         assert proc.returncode == 0, proc.stdout + proc.stderr

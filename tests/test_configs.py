@@ -17,6 +17,7 @@ from harness.config import instantiate
 from harness.preprocess import build_preprocess
 from harness.run import build_evaluators, build_projection, run
 from harness.search import index_class
+from tests.conftest import SHARED
 
 GROUPS = sorted(d.name for d in CONFIG_DIR.iterdir() if d.is_dir() and d.name != "hydra")
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONFIG_DIR / group).glob("*.yaml"))]
@@ -80,8 +81,8 @@ def test_option_composes_and_instantiates(cfg_factory, catalog_dir, group, optio
 def test_paper_experiment_end_to_end(tmp_path, catalog_dir):
     """The study's 18-run grid on a tiny synthetic catalog: random weights, small inputs."""
     proc = subprocess.run([sys.executable, "-m", "harness", "-m", "experiment=paper", f"dataset.root={catalog_dir}",
-                           "backbone.weights=random", "backbone.input_size=64", "protocol.folds=3",
-                           f"paths.root={tmp_path}", "extract.progress=false"],
+                           "backbone.weights=random", "backbone.input_size=64", "backbone.runtime=torch", "protocol.folds=3",
+                           f"paths.root={tmp_path}", "extract.progress=false", *SHARED],
                           cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")

@@ -16,14 +16,14 @@ from mlflow.tracking import MlflowClient
 
 from harness import ROOT, tracking
 from harness.errors import HarnessError
-from tests.conftest import make_catalog
+from tests.conftest import SHARED, free_port, make_catalog
 
 pytestmark = pytest.mark.slow
 PY = sys.executable
 
 
 def harness(tmp_path, *args, **kwargs):
-    return subprocess.Popen([PY, "-m", "harness", *args, f"paths.root={tmp_path}", "extract.progress=false"],
+    return subprocess.Popen([PY, "-m", "harness", *args, f"paths.root={tmp_path}", "extract.progress=false", *SHARED],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
@@ -173,12 +173,6 @@ def test_report_and_register_pass_over_a_sweep_killed_by_sigkill(tmp_path):
     assert explicit.returncode != 0 and "did not finish" in explicit.stderr and "--allow-incomplete" in explicit.stderr
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def bad_files(tmp_path_factory):
     from torchvision.models import resnet18
@@ -210,7 +204,7 @@ def bad_files(tmp_path_factory):
     (["dataset.root={bad}/nopath"], "manifest.csv has no 'path' column"),
 ])
 def test_bad_setting_is_one_line_on_stderr_and_nothing_is_written(tmp_path, catalog_dir, bad_files, args, message):
-    args = [a.format(bad=bad_files, port=_closed_port()) for a in args]
+    args = [a.format(bad=bad_files, port=free_port()) for a in args]
     t0 = time.time()
     proc = harness(tmp_path, "dataset=products", f"dataset.root={catalog_dir}", "backbone=resnet50",
                    "backbone.weights=random", *args)

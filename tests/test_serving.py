@@ -171,11 +171,11 @@ def test_served_lda_projection_answers_as_the_evaluation_searches(tmp_path):
     from harness.protocols import Fold
     from harness.run import build_projection
     from harness.store import FeatureStore
-    from tests.conftest import make_catalog
+    from tests.conftest import SHARED, make_catalog
 
     catalog_dir = make_catalog(tmp_path / "catalog", per_class=8)
     overrides = ["dataset=products", f"dataset.root={catalog_dir}", "projection=lda", "projection.shrinkage=0.5", "backbone.precision=fp32",
-                 f"paths.root={tmp_path}", "extract.progress=false", "extract.num_workers=0"]
+                 f"paths.root={tmp_path}", "extract.progress=false", "extract.num_workers=0", *SHARED]
     subprocess.run([sys.executable, "-m", "harness", *overrides], cwd=ROOT, check=True, capture_output=True, timeout=600)
     cfg = compose_config(*overrides)
     catalog = instantiate(cfg.dataset).load()

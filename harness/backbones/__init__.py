@@ -16,4 +16,6 @@ def build_backbone(cfg, **overrides) -> Backbone:
     extract = cfg.get("extract") or {}
     if "compile" in extract:
         kwargs["compile"] = extract["compile"]
+    if (cfg.get("paths") or {}).get("openvino"):
+        kwargs["cache_dir"] = cfg["paths"]["openvino"]
     return instantiate(cfg["backbone"], **{**kwargs, **overrides})

@@ -9,6 +9,7 @@ them the same way. A family with a text tower also implements `embed_text`.
 from __future__ import annotations
 
 import functools
+import logging
 import hashlib
 import json
 import time
@@ -21,8 +22,10 @@ from torch import nn
 from torch.fx.experimental.optimization import fuse
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
+from harness.backbones.runtime import Embedder, OpenVINONetwork, default_cache, openvino_installed
 from harness.errors import HarnessError
 
+log = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -92,7 +95,8 @@ class Backbone:
 
     def __init__(self, arch: str, weights: str = "imagenet", precision: str = "auto",
                  layer: str = "penultimate", pooling: str = "gap", layers: dict | None = None,
-                 input_size: int | None = None, device: str | None = None, seed: int = 0, compile: bool = False):
+                 input_size: int | None = None, device: str | None = None, seed: int = 0, compile: bool = False,
+                 runtime: str = "auto", cache_dir: str | None = None):
         self.arch, self.weights, self.seed = arch, str(weights), seed
         self.layer_aliases = dict(layers or {})
         self.layer, self.pooling = layer, pooling
@@ -109,8 +113,28 @@ class Backbone:
         self.mean, self.std, self.interpolation = config["mean"], config["std"], config["interpolation"]
         self._mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1)
-        self.compile = bool(compile)  # extract.compile: `compile_network` before a long extraction
-        self.compiled_batch = 0  # > 0 once compiled: the one batch size the compiled network takes
+        self.compile = bool(compile)  # extract.compile: TorchInductor before a long extraction (`prepare`)
+        self.runtime = self._resolve_runtime(runtime)
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache()
+        self.fixed_batch = 0  # > 0 once prepared: the one batch size the compiled network takes
+        self.openvino: OpenVINONetwork | None = None
+
+    def _resolve_runtime(self, runtime: str) -> str:
+        """torch | openvino; auto: OpenVINO on a CPU when it is installed (the network must still convert:
+        `prepare` falls back to torch with a log line if it does not)."""
+        if runtime not in ("auto", "torch", "openvino"):
+            raise HarnessError(f"backbone.runtime must be auto, torch or openvino, got {runtime!r}.")
+        if runtime == "openvino":
+            if self.compile:
+                raise HarnessError("extract.compile=true compiles for backbone.runtime=torch; OpenVINO compiles itself.")
+            if self.device.type != "cpu":
+                raise HarnessError(f"backbone.runtime=openvino runs on the CPU; this backbone is on {self.device}.")
+            if not openvino_installed():
+                raise HarnessError("backbone.runtime=openvino: the openvino package is not installed (pip install openvino).")
+            return "openvino"
+        if runtime == "auto" and not self.compile and self.device.type == "cpu" and openvino_installed():
+            return "openvino"
+        return "torch"
 
     def data_config(self) -> dict:
         """The input the network was trained on: input_size, mean, std, interpolation (a family whose
@@ -223,9 +247,41 @@ class Backbone:
             model = self.skeleton()
         self._match_state(model, self._read_weights(mmap=True))
 
+    def prepare(self, batch_size: int) -> float:
+        """Ready the network for batches of `batch_size` (smaller ones are padded, larger ones split, so it
+        is built once): OpenVINO converts and compiles it, extract.compile compiles it with TorchInductor, eager torch
+        needs nothing. Returns the seconds it took."""
+        if self.fixed_batch:
+            return 0.0
+        if self.runtime == "openvino":
+            return self._prepare_openvino(batch_size)
+        return self.compile_network(batch_size) if self.compile else 0.0
+
+    def _prepare_openvino(self, batch_size: int) -> float:
+        key = {k: v for k, v in self.fingerprint.items() if k not in ("precision", "runtime")}
+        try:
+            with torch.inference_mode(False):  # tracing needs ordinary tensors, whoever calls
+                if self.weights == "random":
+                    torch.manual_seed(self.seed)
+                network = self.tap(self.build().eval())  # fp32: the precision is OpenVINO's inference hint
+                embedder = Embedder(network, self.mean, self.std,
+                                    functools.partial(pool, how=self.pooling, prefix_tokens=self.prefix_tokens))
+                self.openvino = OpenVINONetwork(embedder, key, batch_size, self.input_size, self.precision,
+                                                self.cache_dir)
+        except HarnessError:
+            raise
+        except Exception as exc:  # a network OpenVINO cannot convert runs with torch, and says so
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            log.warning("backbone.runtime=openvino: %s does not convert (%s); running it with torch instead",
+                        self.arch, first)
+            self.runtime = "torch"
+            return self.prepare(batch_size)
+        self.fixed_batch = batch_size
+        return self.openvino.seconds
+
     def compile_network(self, batch_size: int) -> float:
-        """Compile the network with TorchInductor for batches of `batch_size` (smaller ones are padded,
-        so it never recompiles). Returns the seconds the compilation took.
+        """Compile the network with TorchInductor for batches of `batch_size`. Returns the seconds the
+        compilation took.
 
         Inductor's freezing folds BatchNorm and pre-packs the weights for oneDNN. Compiling takes seconds
         (the most for the first network with a cold Inductor cache), so it pays for catalogs of thousands
@@ -233,18 +289,16 @@ class Backbone:
         """
         import torch._inductor.config
 
-        if self.compiled_batch:
-            return 0.0
         # Inductor's own switch; only compiled graphs read it, and only ours are compiled.
         torch._inductor.config.freezing = True
         model = self.model
         self.__dict__["model"] = torch.compile(model, dynamic=False)
-        self.compiled_batch = batch_size
+        self.fixed_batch = batch_size
         t0 = time.perf_counter()
         try:
             self.embed(torch.zeros(1, 3, self.input_size, self.input_size, dtype=torch.uint8))
         except Exception as exc:  # a missing C++ compiler surfaces here, on the first call
-            self.__dict__["model"], self.compiled_batch = model, 0
+            self.__dict__["model"], self.fixed_batch = model, 0
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise HarnessError(f"extract.compile=true: TorchInductor could not compile {self.arch} "
                                f"({first}). It needs a C++ compiler (g++); extract.compile=false runs "
@@ -257,13 +311,20 @@ class Backbone:
             return f"{self.weights}:{self.seed}" if self.weights == "random" else self.weights
         return f"file:{file_digest(str(Path(self.weights).expanduser()))}"
 
-    @functools.cached_property
+    @property
     def fingerprint(self) -> dict:
-        # A compiled network sums in another order (and folds EfficientNet-Lite's BatchNorm before the bf16
-        # cast): close to the eager features, not equal, so they are stored apart.
+        # A compiled network, or another runtime, sums in another order: close to the eager torch features,
+        # not equal, so they are stored apart. (torch eager has no runtime key: its features were stored
+        # before there were runtimes.)
         compiled = {"compiled": True} if self.compile else {}
-        return {"family": self.family, "arch": self.arch, "weights": self.weights_id, "node": self.node,
-                "pooling": self.pooling, "precision": self.precision, "input_size": self.input_size, **compiled}
+        runtime = {"runtime": self.runtime} if self.runtime != "torch" else {}
+        return {"family": self.family, "arch": self.arch, "weights": self._weights_id, "node": self.node,
+                "pooling": self.pooling, "precision": self.precision, "input_size": self.input_size, **compiled,
+                **runtime}
+
+    @functools.cached_property
+    def _weights_id(self) -> str:
+        return self.weights_id  # a local file is hashed once
 
     @functools.cached_property
     def dim(self) -> int:
@@ -273,11 +334,15 @@ class Backbone:
     @torch.inference_mode()
     def embed(self, images: torch.Tensor) -> np.ndarray:
         """uint8 (N, 3, H, W) RGB images → float32 (N, D) features."""
+        if self.runtime == "openvino" and self.openvino is None:
+            self.prepare(len(images))
         n = len(images)
-        if n < self.compiled_batch:
-            images = torch.cat([images, images.new_zeros(self.compiled_batch - n, *images.shape[1:])])
-        elif n > self.compiled_batch > 0:
-            return np.concatenate([self.embed(chunk) for chunk in images.split(self.compiled_batch)])
+        if n < self.fixed_batch:
+            images = torch.cat([images, images.new_zeros(self.fixed_batch - n, *images.shape[1:])])
+        elif n > self.fixed_batch > 0:
+            return np.concatenate([self.embed(chunk) for chunk in images.split(self.fixed_batch)])
+        if self.openvino is not None:
+            return self.openvino(images.numpy())[:n]
         x = images.to(self.device, non_blocking=True).float().div_(255.0)
         x = ((x - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):

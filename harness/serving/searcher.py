@@ -108,7 +108,10 @@ class Searcher:
         self.projection = projection  # fitted on the served catalog; applied to it and to every query
         self.features = projection.transform(features) if projection is not None else features.astype(np.float32)
         self.backbone = build_backbone({"backbone": settings.backbone, "layer": settings.layer})
-        self.backbone.model  # build now, so the first shopper does not wait for it (or see a weights error late)
+        # Ready now (OpenVINO: converted for one image), so the first shopper does not
+        # wait for it or see a weights error late.
+        self.backbone.prepare(1)
+        self.backbone.dim
         self.preprocess = build_preprocess(settings.preprocess, self.backbone)
         self.metric = instantiate(settings.metric)
         self.category_level = settings.levels[0]

@@ -1,0 +1,145 @@
+"""extract.engine=ray: decoding and embedding on a Ray cluster's workers, the feature store on the driver.
+
+Ray Data's batch-inference shape: the rows the store lacks → `map_batches` with an actor class
+(`EmbedWorker`) that builds the backbone and preprocessing from the run's resolved config (no model
+crosses the wire) → the driver streams the features into the store batch by batch. Workers read the
+image files themselves, so every node must see the catalog at the same path (README "Scaling out").
+Ray restarts a killed worker and retries its batches; the driver stores each image once.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from harness.errors import HarnessError
+from harness.extract import Engine, Job, Result, load
+
+log = logging.getLogger(__name__)
+
+
+class EmbedWorker:
+    """One Ray actor: the run's backbone and preprocessing, built from its config where it runs."""
+
+    def __init__(self, config: dict, runtime: str, batch_size: int, expected: str):
+        import ray
+        from omegaconf import OmegaConf
+
+        from harness.backbones import build_backbone
+        from harness.backbones.base import describe
+        from harness.preprocess import build_preprocess
+
+        cfg = OmegaConf.create(config)
+        self.backbone = build_backbone(cfg, runtime=runtime)
+        self.preprocess = build_preprocess(cfg.preprocess, self.backbone)
+        self.backbone.prepare(batch_size)
+        built = describe(self.backbone.fingerprint, self.preprocess.fingerprint())[0]
+        if built != expected:  # another library version or device: its features would not be the driver's
+            raise HarnessError(f"a Ray worker on node {ray.get_runtime_context().get_node_id()[:8]} builds "
+                               f"another network than the driver ({self.backbone.fingerprint}); install the "
+                               f"same versions on every node, or set backbone.runtime and backbone.precision.")
+        context = ray.get_runtime_context()
+        self.node, self.worker = context.get_node_id(), context.get_actor_id()
+
+    def __call__(self, batch: dict) -> dict:
+        loaded = [load(str(p), self.preprocess) for p in batch["path"]]
+        good = [t for t, _, _ in loaded if t is not None]
+        vecs = self.backbone.embed(torch.stack(good)) if good else None
+        out = np.zeros((len(loaded), self.backbone.dim), np.float32)
+        if vecs is not None:
+            out[[i for i, (t, _, _) in enumerate(loaded) if t is not None]] = vecs
+        return {"row": batch["row"], "hash": np.array([h or "" for _, _, h in loaded], dtype=object),
+                "vector": out, "reason": np.array([r for _, r, _ in loaded], dtype=object),
+                "node": np.array([self.node] * len(loaded), dtype=object),
+                "worker": np.array([self.worker] * len(loaded), dtype=object)}
+
+
+class RayEngine(Engine):
+    """`extract.ray.*`: address (null: a local Ray instance, or the cluster `ray start` made on this
+    machine; `auto`: the running cluster; `ray://host:10001`), workers (actor pool size or [min, max]),
+    num_cpus and num_gpus per worker."""
+    name = "ray"
+
+    def __init__(self, config: dict | None = None, address: str | None = None, workers=2, num_cpus: float = 1,
+                 num_gpus: float = 0):
+        super().__init__()
+        if config is None:
+            raise HarnessError("extract.engine=ray builds the backbone on each worker from the run's config.")
+        sizes = list(workers) if isinstance(workers, (list, tuple)) else [workers]
+        if not sizes or len(sizes) > 2 or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in sizes) \
+                or sizes != sorted(sizes):
+            raise HarnessError(f"extract.ray.workers must be a whole number >= 1 or [min, max]; got {workers!r}.")
+        for name, value in (("num_cpus", num_cpus), ("num_gpus", num_gpus)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise HarnessError(f"extract.ray.{name} must be a number >= 0; got {value!r}.")
+        self.config, self.address, self.sizes = config, address, sizes
+        self.num_cpus, self.num_gpus = num_cpus, num_gpus
+
+    def _connect(self) -> bool:
+        """Join or start Ray; True when this call started it (and so shuts it down)."""
+        import ray
+
+        if ray.is_initialized():
+            return False
+        try:
+            ray.init(address=self.address, log_to_driver=False, include_dashboard=False,
+                     configure_logging=False, runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore"}})
+        except ConnectionError as exc:
+            raise HarnessError(f"extract.ray.address={self.address!r}: no Ray cluster there ({exc}). "
+                               "Start one with `ray start --head`, or use address=null for a local one.") from None
+        return True
+
+    def batches(self, job: Job) -> Iterator[list[Result]]:
+        import ray
+        from ray.data import ActorPoolStrategy, DataContext
+
+        from harness.backbones.base import describe
+
+        t0 = time.perf_counter()
+        # One claim for everything shipped: the rows are handed to Ray at once. A lease of a day; a run
+        # that dies is recognised by its process, not by the lease.
+        mine = job.claim(job.pending, lease=86400.0)
+        rows = [i for i in job.pending if i in mine]
+        if not rows:
+            return
+        started = self._connect()
+        try:
+            context = DataContext.get_current()
+            context.enable_progress_bars = False
+            context.print_on_execution_start = False
+            logging.getLogger("ray.data").setLevel(logging.WARNING)
+            pool = ActorPoolStrategy(size=self.sizes[0]) if len(self.sizes) == 1 else \
+                ActorPoolStrategy(min_size=self.sizes[0], max_size=self.sizes[1])
+            expected = describe(job.backbone.fingerprint, job.preprocess.fingerprint())[0]
+            data = ray.data.from_items([{"row": i, "path": os.path.abspath(job.paths[i])} for i in rows],
+                                       override_num_blocks=max(1, min(len(rows) // job.batch_size, 200)))
+            data = data.map_batches(EmbedWorker, batch_size=job.batch_size, batch_format="numpy", compute=pool,
+                                    num_cpus=self.num_cpus, num_gpus=self.num_gpus or None,
+                                    fn_constructor_kwargs={"config": self.config, "runtime": job.backbone.runtime,
+                                                           "batch_size": job.batch_size, "expected": expected})
+            nodes, workers = {}, {}
+            for batch in data.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
+                if not self.startup_images:  # connecting, starting workers, building networks, first batch
+                    self.metrics["engine_startup_seconds"] = time.perf_counter() - t0
+                    self.startup_images = len(batch["row"])
+                for node, worker, reason in zip(batch["node"], batch["worker"], batch["reason"]):
+                    if not reason:
+                        nodes[node] = nodes.get(node, 0) + 1
+                        workers[worker] = workers.get(worker, 0) + 1
+                yield [(int(r), h or None, v, str(why)) for r, h, v, why in
+                       zip(batch["row"], batch["hash"], batch["vector"], batch["reason"])]
+            self.metrics.update({"ray_nodes": len(nodes), "ray_workers": len(workers)})
+            log.info("ray: %d images embedded by %d workers on %d nodes", sum(nodes.values()), len(workers),
+                     len(nodes))
+        except ray.exceptions.RayError as exc:
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, HarnessError):
+                raise cause from None
+            raise
+        finally:
+            if started:
+                ray.shutdown()

@@ -1,0 +1,93 @@
+"""The OpenVINO runtime: same features as torch fp32, converted once and cached, a fallback that says so."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from harness.backbones import build_backbone
+from harness.errors import HarnessError
+from tests.test_families import FAMILIES
+
+pytest.importorskip("openvino")
+
+
+def images(n, size=224, seed=0):
+    return torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (n, 3, size, size), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("name,weights", [("resnet50", "random"), ("efficientnet_lite0", "imagenet")])
+def test_openvino_features_equal_torch_fp32(cfg_factory, name, weights):
+    common = [f"backbone={name}", f"backbone.weights={weights}", "backbone.precision=fp32"]
+    torch_bb = build_backbone(cfg_factory(*common, "backbone.runtime=torch"))
+    ov_bb = build_backbone(cfg_factory(*common, "backbone.runtime=openvino"))
+    x = images(5)  # a batch shorter than the prepared one: padded, then cut
+    ov_bb.prepare(4)
+    expected, got = torch_bb.embed(x), ov_bb.embed(x)
+    assert ov_bb.runtime == "openvino" and got.shape == expected.shape == (5, ov_bb.dim)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    assert ov_bb.fingerprint["runtime"] == "openvino" and "runtime" not in torch_bb.fingerprint
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_timm_and_open_clip_convert_through_the_same_hook(cfg_factory, family):
+    common = [*FAMILIES[family], "backbone.weights=random", "backbone.precision=fp32"]
+    torch_bb = build_backbone(cfg_factory(*common, "backbone.runtime=torch"))
+    ov_bb = build_backbone(cfg_factory(*common, "backbone.runtime=openvino"))
+    x = images(3, torch_bb.input_size)
+    ov_bb.prepare(2)
+    expected, got = torch_bb.embed(x), ov_bb.embed(x)
+    assert ov_bb.runtime == "openvino" and got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+def test_the_converted_network_is_read_from_the_disk_cache(cfg_factory, tmp_path):
+    cfg = cfg_factory("backbone=resnet50", "backbone.weights=random", "backbone.runtime=openvino",
+                      "backbone.input_size=64", f"paths.openvino={tmp_path / 'ov'}")
+    first, second = build_backbone(cfg), build_backbone(cfg)
+    first.prepare(2)
+    second.prepare(2)
+    assert first.openvino.converted and not second.openvino.converted
+    assert sorted(p.suffix for p in (tmp_path / "ov").glob("*.*")) == [".bin", ".json", ".xml"]
+    assert any((tmp_path / "ov" / "compiled").iterdir())  # OpenVINO's own compiled-model cache
+    np.testing.assert_array_equal(first.embed(images(2, 64)), second.embed(images(2, 64)))
+
+
+def test_a_network_that_does_not_convert_runs_with_torch_and_says_why(cfg_factory, monkeypatch, caplog):
+    import openvino
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("Cannot convert op aten::mystery\nmore detail")
+
+    monkeypatch.setattr(openvino, "convert_model", refuse)
+    cfg = cfg_factory("backbone=resnet50", "backbone.weights=random", "backbone.input_size=64",
+                      "backbone.precision=fp32", "paths.openvino=/tmp/harness-ov-never-written")
+    backbone = build_backbone(cfg)
+    assert backbone.runtime == "openvino"  # auto, OpenVINO installed, on a CPU
+    with caplog.at_level(logging.WARNING):
+        out = backbone.embed(images(3, 64))
+    assert backbone.runtime == "torch" and "runtime" not in backbone.fingerprint and out.shape == (3, 2048)
+    [record] = [r for r in caplog.records if "does not convert" in r.getMessage()]
+    assert "Cannot convert op aten::mystery" in record.getMessage() and "\n" not in record.getMessage()
+    torch_out = build_backbone(cfg_factory("backbone=resnet50", "backbone.weights=random", "backbone.input_size=64",
+                                           "backbone.precision=fp32", "backbone.runtime=torch")).embed(images(3, 64))
+    np.testing.assert_array_equal(out, torch_out)
+
+
+def test_runtime_settings_are_checked(cfg_factory):
+    with pytest.raises(HarnessError, match="backbone.runtime must be auto, torch or openvino"):
+        build_backbone(cfg_factory("backbone.runtime=tensorrt"))
+    with pytest.raises(HarnessError, match="extract.compile=true compiles for backbone.runtime=torch"):
+        build_backbone(cfg_factory("backbone.runtime=openvino", "extract.compile=true"))
+    assert build_backbone(cfg_factory("extract.compile=true")).runtime == "torch"  # auto yields to compile
+
+
+def test_the_searcher_embeds_an_upload_through_openvino(served):
+    searcher = served["searcher"]
+    assert searcher.backbone.runtime == "openvino" and searcher.backbone.openvino.batch == 1
+    item = served["catalog"] / "images" / "square_green_2.jpg"
+    [table] = searcher.search([item.read_bytes()], k=3)
+    assert table["item_id"].iloc[0] == "square-green-2" and table["distance"].iloc[0] < 1e-3
