@@ -14,10 +14,9 @@ import time
 from collections.abc import Iterator
 
 import numpy as np
-import torch
 
 from harness.errors import HarnessError
-from harness.extract import Engine, Job, Result, load
+from harness.extract import Engine, Job, Result, embed_decoded, load
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +46,10 @@ class EmbedWorker:
 
     def __call__(self, batch: dict) -> dict:
         loaded = [load(str(p), self.preprocess) for p in batch["path"]]
-        good = [t for t, _, _ in loaded if t is not None]
-        vecs = self.backbone.embed(torch.stack(good)) if good else None
-        out = np.zeros((len(loaded), self.backbone.dim), np.float32)
-        if vecs is not None:
-            out[[i for i, (t, _, _) in enumerate(loaded) if t is not None]] = vecs
+        out = np.zeros((len(loaded), self.backbone.dim), np.float32)  # a row per image: Arrow needs one shape
+        for row, vec in enumerate(embed_decoded(self.backbone, [t for t, _, _ in loaded])):
+            if vec is not None:
+                out[row] = vec
         return {"row": batch["row"], "hash": np.array([h or "" for _, _, h in loaded], dtype=object),
                 "vector": out, "reason": np.array([r for _, r, _ in loaded], dtype=object),
                 "node": np.array([self.node] * len(loaded), dtype=object),

@@ -125,6 +125,19 @@ class Engine:
         self.metrics: dict[str, float] = {}  # logged with the run (start-up, nodes, workers, ...)
         self.startup_images = 0  # images embedded during start-up, left out of images/s
 
+    @classmethod
+    def from_config(cls, extract_cfg, config=None) -> "Engine":
+        """The engine from `extract.<name>.*` (its constructor's keyword arguments); `config` is the run's
+        resolved config, for engines that build the backbone elsewhere."""
+        from omegaconf import OmegaConf
+
+        settings = extract_cfg.get(cls.name) or {}
+        settings = OmegaConf.to_container(settings, resolve=True) if OmegaConf.is_config(settings) else dict(settings)
+        try:
+            return cls(config=config, **settings)
+        except TypeError as exc:  # an unknown key under extract.<engine>
+            raise HarnessError(f"extract.{cls.name}: {exc}".replace("__init__() ", "")) from None
+
     def batches(self, job: Job) -> Iterator[list[Result]]:
         raise NotImplementedError
 
@@ -154,14 +167,24 @@ class LocalEngine(Engine):
         super().__init__()
         self.num_workers = num_workers
 
+    @classmethod
+    def from_config(cls, extract_cfg, config=None) -> "LocalEngine":
+        return cls(extract_cfg.num_workers)
+
     def batches(self, job: Job) -> Iterator[list[Result]]:
         loader = DataLoader(_Decode(job.paths, job.preprocess), batch_size=job.batch_size,
                             num_workers=self.num_workers, collate_fn=_collate,
                             sampler=_Claiming(job.pending, job.claim, 8 * job.batch_size))
         for batch in loader:
-            good = [t for _, t, _, _ in batch if t is not None]
-            vecs = iter(job.backbone.embed(torch.stack(good)) if good else [])
-            yield [(i, digest, next(vecs) if t is not None else None, reason) for i, t, reason, digest in batch]
+            vecs = embed_decoded(job.backbone, [t for _, t, _, _ in batch])
+            yield [(i, digest, vec, reason) for (i, _, reason, digest), vec in zip(batch, vecs)]
+
+
+def embed_decoded(backbone: Backbone, tensors: list) -> list:
+    """One vector per decoded image, None where decoding failed (None in `tensors`)."""
+    good = [t for t in tensors if t is not None]
+    vecs = iter(backbone.embed(torch.stack(good)) if good else [])
+    return [next(vecs) if t is not None else None for t in tensors]
 
 
 def worker_config(cfg) -> dict:
@@ -174,23 +197,13 @@ def worker_config(cfg) -> dict:
 
 
 def build_engine(extract_cfg, config=None) -> Engine:
-    """`extract.engine` with its settings (`extract.<engine>`); `config` is the run's resolved config,
-    for engines that build the backbone elsewhere."""
+    """`extract.engine` with its settings; `config` is the run's resolved config (`worker_config`)."""
     import harness.distributed  # noqa: F401  (registers the ray engine; ray itself is imported on use)
 
     name = extract_cfg.get("engine", "local")
     if name not in Engine.registry:
         raise HarnessError(f"extract.engine={name!r}: choose one of {', '.join(Engine.registry)}.")
-    if name == "local":
-        return LocalEngine(extract_cfg.num_workers)
-    from omegaconf import OmegaConf
-
-    settings = extract_cfg.get(name) or {}
-    settings = OmegaConf.to_container(settings, resolve=True) if OmegaConf.is_config(settings) else dict(settings)
-    try:
-        return Engine.registry[name](config=config, **settings)
-    except TypeError as exc:  # an unknown key under extract.<engine>
-        raise HarnessError(f"extract.{name}: {exc}".replace("__init__() ", "")) from None
+    return Engine.registry[name].from_config(extract_cfg, config)
 
 
 def extract(paths: list[str], backbone: Backbone, preprocess, store: FeatureStore,

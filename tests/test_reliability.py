@@ -187,7 +187,7 @@ def bad_files(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("args,message", [
+BAD_SETTINGS = [
     (["k=0"], "k must be a whole number >= 1; got 0."),
     (["k=-1"], "k must be a whole number >= 1; got -1."),
     (["k=1000"], "k=1000 is larger than the catalog searched (49 images)."),
@@ -202,18 +202,37 @@ def bad_files(tmp_path_factory):
     (["metric=minkowski", "metric.p=0"], "metric.p must be a number >= 1"),
     (["search=ivf", "+search.params.nprob=4"], "unknown key(s) nprob for search.index=ivf; accepted: nlist, nprobe"),
     (["dataset.root={bad}/nopath"], "manifest.csv has no 'path' column"),
-])
-def test_bad_setting_is_one_line_on_stderr_and_nothing_is_written(tmp_path, catalog_dir, bad_files, args, message):
-    args = [a.format(bad=bad_files, port=free_port()) for a in args]
-    t0 = time.time()
-    proc = harness(tmp_path, "dataset=products", f"dataset.root={catalog_dir}", "backbone=resnet50",
-                   "backbone.weights=random", *args)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 2 and out == ""
+]
+
+
+@pytest.fixture(scope="module")
+def bad_setting_runs(tmp_path_factory, bad_files):
+    """Every bad setting as its own `python -m harness` process, four at a time (each mostly imports)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    catalog = make_catalog(tmp_path_factory.mktemp("bad_catalog"))
+
+    def attempt(args):
+        tmp = tmp_path_factory.mktemp("bad_run")
+        t0 = time.time()
+        proc = harness(tmp, "dataset=products", f"dataset.root={catalog}", "backbone=resnet50",
+                       "backbone.weights=random", *[a.format(bad=bad_files, port=free_port()) for a in args])
+        out, err = proc.communicate(timeout=240)
+        return proc.returncode, out, err, tmp, time.time() - t0
+
+    with ThreadPoolExecutor(4) as pool:
+        return dict(zip(range(len(BAD_SETTINGS)), pool.map(attempt, [args for args, _ in BAD_SETTINGS])))
+
+
+@pytest.mark.parametrize("case", range(len(BAD_SETTINGS)), ids=[" ".join(a) for a, _ in BAD_SETTINGS])
+def test_bad_setting_is_one_line_on_stderr_and_nothing_is_written(bad_setting_runs, case):
+    returncode, out, err, tmp_path, seconds = bad_setting_runs[case]
+    message = BAD_SETTINGS[case][1]
+    assert returncode == 2 and out == ""
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err[-2000:]
     assert not (tmp_path / "mlruns").exists()  # no database, no feature store, no artifacts
-    assert time.time() - t0 < 60
+    assert seconds < 60
 
 
 def test_hydra_refuses_an_unknown_key_without_plus(tmp_path, catalog_dir):
