@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock, Timeout
 
 from harness import liveness
 from harness.config import check_writable_dir
@@ -45,8 +46,13 @@ class FeatureStore:
         try:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(path, timeout=60)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.executescript(SCHEMA)
+            # Two runs opening a new store at once race in the WAL switch and the schema (one gets
+            # "database is locked" at once, without waiting), so the set-up is serialised by a lock file.
+            with FileLock(f"{path}.lock", timeout=120):
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.executescript(SCHEMA)
+        except Timeout:
+            raise HarnessError(f"store.path={path}: {path}.lock has been held by another process for 120 s.") from None
         except sqlite3.DatabaseError as exc:
             raise HarnessError(f"store.path={path}: not a usable SQLite feature store ({exc}).") from None
         except OSError as exc:

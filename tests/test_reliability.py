@@ -104,12 +104,38 @@ def test_two_runs_on_one_feature_store_share_the_extraction(tmp_path):
     for p in procs:
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-2000:]
+        assert "running it with torch" not in err, err[-2000:]  # both on one runtime, one fingerprint
         outs.append([int(x) for x in out.split()])
     assert sum(extracted for extracted, _ in outs) == 36 and all(valid == 36 for _, valid in outs)
     np.testing.assert_array_equal(np.load(tmp_path / "emb-a.npy"), np.load(tmp_path / "emb-b.npy"))
     with sqlite3.connect(tmp_path / "mlruns" / "features.sqlite") as con:
         assert con.execute("SELECT COUNT(*) FROM claims").fetchone() == (0,)  # released
 
+
+OPEN = """
+import sys, time
+from pathlib import Path
+from harness.store import FeatureStore
+root, start = Path(sys.argv[1]), float(sys.argv[2])
+for trial in range(20):  # every worker opens trial N's new store at the same instant
+    while time.time() < start + 0.25 * trial:
+        pass
+    FeatureStore(str(root / f"trial{trial}" / "features.sqlite")).close()
+"""
+
+
+def test_new_store_opened_by_many_processes_at_once(tmp_path):
+    # Without the set-up lock, 6 openers of a new store failed with "database is locked" in 3 of 10 trials.
+    script = tmp_path / "open.py"
+    script.write_text(OPEN)
+    start = time.time() + 3  # after every interpreter has imported the store
+    procs = [subprocess.Popen([PY, str(script), str(tmp_path), str(start)], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    outcomes = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
+    assert all(code == 0 for code, _ in outcomes), [err[-800:] for code, err in outcomes if code]
+    for trial in range(20):
+        with sqlite3.connect(tmp_path / f"trial{trial}" / "features.sqlite") as con:
+            assert con.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 def test_a_dead_owner_claim_is_taken_over(tmp_path):
     from harness import liveness

@@ -271,7 +271,9 @@ class Backbone:
         except HarnessError:
             raise
         except Exception as exc:  # a network OpenVINO cannot convert runs with torch, and says so
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            # OpenVINO's messages open with the C++ file that raised them ("Exception from src/…:117:")
+            lines = [line for line in str(exc).splitlines() if line.strip() and not line.startswith("Exception from ")]
+            first = lines[0].strip()[:200] if lines else type(exc).__name__
             log.warning("backbone.runtime=openvino: %s does not convert (%s); running it with torch instead",
                         self.arch, first)
             self.runtime = "torch"

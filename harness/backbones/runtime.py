@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock
 from torch import nn
 
 
@@ -59,21 +60,6 @@ class OpenVINONetwork:
         xml = cache_dir / f"{name}.xml"
         core = ov.Core()
         core.set_property({"CACHE_DIR": str(cache_dir / "compiled")})
-        self.converted = not xml.exists()
-        if self.converted:
-            example = torch.zeros(batch, 3, input_size, input_size, dtype=torch.uint8)
-            with torch.no_grad(), warnings.catch_warnings():
-                # convert_model traces with torch.jit, which torch announces as deprecated on every call
-                warnings.simplefilter("ignore", FutureWarning)
-                warnings.simplefilter("ignore", torch.jit.TracerWarning)
-                model = ov.convert_model(embedder.eval(), example_input=example)
-            partial = cache_dir / f"{name}.{os.getpid()}.xml"
-            ov.save_model(model, partial, compress_to_fp16=False)  # fp32 weights, exactly torch's
-            partial.with_suffix(".bin").replace(xml.with_suffix(".bin"))
-            partial.replace(xml)  # the .xml last: a reader never finds it without its weights
-            (cache_dir / f"{name}.json").write_text(json.dumps(key, indent=1, sort_keys=True))
-        # Every run compiles the IR on disk, the first one too: the same graph, the same numbers.
-        model = core.read_model(xml)
         # LATENCY: one stream with every thread for one request at a time, which is how the harness calls it
         # (a batch, then the next). THROUGHPUT splits the cores into streams that only concurrent requests
         # fill: with one request it ran at half the speed (lite0 fp32 88 vs 177 img/s, batch 8, 2 cores).
@@ -84,7 +70,26 @@ class OpenVINONetwork:
         config = {"PERFORMANCE_HINT": "LATENCY",
                   "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
                   "INFERENCE_NUM_THREADS": torch.get_num_threads(), "ENABLE_CPU_PINNING": False}
-        self.compiled = core.compile_model(model, "CPU", config)
+        # One process at a time per network: OpenVINO writes its compiled blob in place, and a second
+        # process compiling meanwhile failed ("cannot set permissions: No such file" on the blob), which
+        # sent that run to torch with other features. Waiting also saves converting the network twice.
+        with FileLock(cache_dir / f"{name}.lock"):
+            self.converted = not xml.exists()
+            if self.converted:
+                example = torch.zeros(batch, 3, input_size, input_size, dtype=torch.uint8)
+                with torch.no_grad(), warnings.catch_warnings():
+                    # convert_model traces with torch.jit, which torch announces as deprecated on every call
+                    warnings.simplefilter("ignore", FutureWarning)
+                    warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                    model = ov.convert_model(embedder.eval(), example_input=example)
+                partial = cache_dir / f"{name}.{os.getpid()}.xml"
+                ov.save_model(model, partial, compress_to_fp16=False)  # fp32 weights, exactly torch's
+                partial.with_suffix(".bin").replace(xml.with_suffix(".bin"))
+                partial.replace(xml)  # the .xml last: a reader never finds it without its weights
+                (cache_dir / f"{name}.json").write_text(json.dumps(key, indent=1, sort_keys=True))
+            # Every run compiles the IR on disk, the first one too: the same graph, the same numbers.
+            model = core.read_model(xml)
+            self.compiled = core.compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
         self.batch, self.seconds = batch, time.perf_counter() - t0
         self._lock = threading.Lock()
