@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from harness.errors import HarnessError
-from harness.extract import Engine, Job, Result, embed_decoded, load
+from harness.extract import Engine, Job, Result, decode_batch, embed_batch, load
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +45,16 @@ class EmbedWorker:
         self.node, self.worker = context.get_node_id(), context.get_actor_id()
 
     def __call__(self, batch: dict) -> dict:
-        loaded = [load(str(p), self.preprocess) for p in batch["path"]]
-        out = np.zeros((len(loaded), self.backbone.dim), np.float32)  # a row per image: Arrow needs one shape
-        for row, vec in enumerate(embed_decoded(self.backbone, [t for t, _, _ in loaded])):
+        results = embed_batch(self.backbone, decode_batch([(row, *load(str(p), self.preprocess))
+                                                           for row, p in zip(batch["row"], batch["path"])]))
+        out = np.zeros((len(results), self.backbone.dim), np.float32)  # a row per image: Arrow needs one shape
+        for n, (_, _, vec, _) in enumerate(results):
             if vec is not None:
-                out[row] = vec
-        return {"row": batch["row"], "hash": np.array([h or "" for _, _, h in loaded], dtype=object),
-                "vector": out, "reason": np.array([r for _, r, _ in loaded], dtype=object),
-                "node": np.array([self.node] * len(loaded), dtype=object),
-                "worker": np.array([self.worker] * len(loaded), dtype=object)}
+                out[n] = vec
+        return {"row": batch["row"], "hash": np.array([h or "" for _, h, _, _ in results], dtype=object),
+                "vector": out, "reason": np.array([r for _, _, _, r in results], dtype=object),
+                "node": np.array([self.node] * len(results), dtype=object),
+                "worker": np.array([self.worker] * len(results), dtype=object)}
 
 
 class RayEngine(Engine):
