@@ -114,9 +114,14 @@ class RayEngine(Engine):
             pool = ActorPoolStrategy(size=self.sizes[0]) if len(self.sizes) == 1 else \
                 ActorPoolStrategy(min_size=self.sizes[0], max_size=self.sizes[1])
             expected = describe(job.backbone.fingerprint, job.preprocess.fingerprint())[0]
+            # Up to eight batches per call, like the local engine's claim block (one batch per call spent a
+            # quarter of the time in Ray's per-call overhead: 2 workers 0.76x the local engine vs 0.92x, one
+            # run), but at least four calls per worker, so a small job still reaches every worker.
+            size = job.batch_size
+            chunk = max(size, min(8 * size, len(rows) // (4 * self.sizes[-1])) // size * size)
             data = ray.data.from_items([{"row": i, "path": os.path.abspath(job.paths[i])} for i in rows],
-                                       override_num_blocks=max(1, min(len(rows) // job.batch_size, 200)))
-            data = data.map_batches(EmbedWorker, batch_size=job.batch_size, batch_format="numpy", compute=pool,
+                                       override_num_blocks=max(1, min(len(rows) // chunk, 200)))
+            data = data.map_batches(EmbedWorker, batch_size=chunk, batch_format="numpy", compute=pool,
                                     num_cpus=self.num_cpus, num_gpus=self.num_gpus or None,
                                     fn_constructor_kwargs={"config": self.config, "runtime": job.backbone.runtime,
                                                            "batch_size": job.batch_size, "expected": expected})
