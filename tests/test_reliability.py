@@ -137,6 +137,7 @@ def test_new_store_opened_by_many_processes_at_once(tmp_path):
         with sqlite3.connect(tmp_path / f"trial{trial}" / "features.sqlite") as con:
             assert con.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
+
 def test_a_dead_owner_claim_is_taken_over(tmp_path):
     from harness import liveness
     from harness.store import FeatureStore
