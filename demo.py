@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Collection
 from pathlib import Path
 from urllib.parse import quote
 
@@ -43,23 +44,37 @@ def image_url(base: str, item_id: str) -> str:
     return f"{base.rstrip('/')}/catalog/{quote(str(item_id), safe='')}"
 
 
-def upload_file(value) -> Path | None:
-    """The uploaded file, as Gradio hands it over: a file in its upload folder (Gradio refuses any other
-    path before we see it). Reading it is asked for with a Path, which no network client can send."""
+def upload_file(value, uploaded: Collection[str]) -> Path | None:
+    """The file a visitor uploaded, as Gradio hands it over.
+
+    `search` takes its inputs unprocessed (so a bad file gets the page's own message), which also means
+    Gradio checks nothing: a raw API call can name any server path in the payload, with or without
+    FileData's `meta`. So a path is used only if it is, exactly, one that Gradio's own `/upload` route
+    wrote for this page (`uploaded`); anything else is refused before any file is touched, so nothing
+    about the server's disk (a file's existence, its type) can be learnt. In-process callers pass a Path.
+    """
     if value is None:
         return None
     path = value.get("path") if isinstance(value, dict) else value
-    if not isinstance(path, str) or path.startswith(("http://", "https://", "data:")):
-        raise BadImage("not an uploaded file")
+    if not isinstance(path, str) or path not in uploaded:
+        raise BadImage("not a file uploaded to this page")
     return Path(path)
 
 
 def run_search(searcher: Searcher, image, k: int, same_category: bool, rerank_column: str | None,
-               rerank_weight: float, history: list, base: str = "", text: str | None = None):
+               rerank_weight: float, history: list, base: str = "", text: str | None = None,
+               uploaded: Collection[str] = ()):
     """The page's search, by photo or (when `text` is given) by words: (gallery of (image URL, caption),
-    status text, updated per-user history)."""
-    options = {"k": int(k), "within_category": same_category, "rerank_column": rerank_column or None,
-               "rerank_weight": float(rerank_weight)}
+    status text, updated per-user history). `image`: a Path (in-process) or an upload's FileData, whose
+    path must be among `uploaded` (the files Gradio received as uploads)."""
+    try:
+        # Bounds before any file or model is touched: a raw API call can send any k (10^9, 0, "5").
+        if not all(v is None or isinstance(v, str) for v in (text, rerank_column)):
+            raise BadImage("the text and the business column must be strings")
+        options = {"k": searcher.check_k(k), "within_category": bool(same_category),
+                   "rerank_column": rerank_column or None, "rerank_weight": float(rerank_weight)}
+    except (BadImage, TypeError, ValueError) as exc:
+        return [], f"**Cannot search:** {exc}.", history
     if text and text.strip():
         try:
             table = searcher.search_text([text], **options)[0]
@@ -67,7 +82,7 @@ def run_search(searcher: Searcher, image, k: int, same_category: bool, rerank_co
             return [], f"**Cannot search by these words:** {exc}", history
     else:
         try:
-            query = upload_file(image) if not isinstance(image, Path) else image
+            query = image if isinstance(image, Path) else upload_file(image, uploaded)
             if query is None:
                 return [], HINT, history
             table = searcher.search([query], **options)[0]
@@ -105,7 +120,7 @@ def build_demo(searcher: Searcher, info: dict, examples: int = 12, seed: int = 0
 
     def search(image, text, k, same_category, rerank_column, rerank_weight, history, request: gr.Request):
         return run_search(searcher, image, k, same_category, rerank_column, rerank_weight, history,
-                          str(request.base_url), text)
+                          str(request.base_url), text, demo.upload_file_set)
 
     def show_examples(request: gr.Request):
         return [(image_url(str(request.base_url), i), i) for i in example_ids]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import socket
 from concurrent.futures import ThreadPoolExecutor
@@ -39,18 +40,70 @@ def test_search_function_in_process(page, tmp_path):
     demo, searcher = page["demo"], page["searcher"]
     item = pd.read_csv(page["catalog"] / "manifest.csv").iloc[4]
     upload = {"path": str(page["catalog"] / item["path"])}  # what Gradio hands over for an upload
-    gallery, status, history = demo.run_search(searcher, upload, 5, True, "margin", 0.0, [], "http://shop/")
+    gallery, status, history = demo.run_search(searcher, upload, 5, True, "margin", 0.0, [], "http://shop/",
+                                               uploaded={upload["path"]})
     assert len(gallery) == 5 and gallery[0] == (f"http://shop/catalog/{item['item_id']}", gallery[0][1])
     assert gallery[0][1].startswith(f"#1 {item['item_id']}")
     assert "Predicted category: **" + item["category"] in status and history == [item["item_id"]]
     (tmp_path / "notes.jpg").write_text("not an image")
     (tmp_path / "empty.png").write_bytes(b"")
     Image.new("1", (10_000, 10_000)).save(tmp_path / "bomb.png")
-    for bad in ({"path": str(tmp_path / "notes.jpg")}, {"path": str(tmp_path / "empty.png")},
-                {"path": str(tmp_path / "bomb.png")}, {"path": "http://169.254.169.254/latest"}, {"url": "x"}):
-        gallery, status, history2 = demo.run_search(searcher, bad, 5, False, "", 0.0, history)
+    bad_files = [str(tmp_path / name) for name in ("notes.jpg", "empty.png", "bomb.png")]
+    for bad in ({"path": bad_files[0]}, {"path": bad_files[1]}, {"path": bad_files[2]},
+                {"path": "http://169.254.169.254/latest"}, {"url": "x"}, {"path": upload["path"]}):
+        gallery, status, history2 = demo.run_search(searcher, bad, 5, False, "", 0.0, history, uploaded=bad_files)
         assert gallery == [] and status.startswith("**Cannot use this file:**") and history2 == history
+    # the catalog image itself is refused as an upload when Gradio did not receive it as one
+    assert "not a file uploaded to this page" in demo.run_search(searcher, upload, 5, False, "", 0.0, [])[1]
     assert demo.run_search(searcher, None, 5, False, "", 0.0, [])[0] == []
+
+
+def raw_call(url: str, data: list) -> tuple[str, object]:
+    """The page's public `search` through Gradio's raw HTTP API (what any client can send, no
+    gradio_client): POST the inputs, then read the event stream; (event, data) of its last message."""
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(url + "gradio_api/call/search", json.dumps({"data": data}).encode(),
+                                     {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        event_id = json.loads(response.read())["event_id"]
+    with urllib.request.urlopen(f"{url}gradio_api/call/search/{event_id}", timeout=60) as response:
+        lines = response.read().decode().splitlines()
+    event = [line.split(":", 1)[1].strip() for line in lines if line.startswith("event:")][-1]
+    payload = [line.split(":", 1)[1].strip() for line in lines if line.startswith("data:")][-1]
+    return event, json.loads(payload)
+
+
+def test_raw_api_never_opens_a_path_the_client_names(page, tmp_path):
+    """FileData is only a dict: with or without its `meta` marker, a path Gradio did not receive as an
+    upload gets the page's message before any read; the answers are the same whatever the path is."""
+    outside = tmp_path / "outside.jpg"  # a real image, outside the catalog and the upload folder
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(outside)
+    inside = str(page["catalog"] / "images" / "circle_red_0.jpg")
+    said = set()
+    for path in ("/etc/passwd", "/no/such/file.jpg", "/etc", str(outside), inside, "/tmp/gradio/../../etc/passwd"):
+        # without FileData's marker Gradio passes the dict on as it is: the page refuses it
+        event, data = raw_call(page["url"], [{"path": path}, "", 3, False, "", 0.0])
+        assert event == "complete" and not data[0], (path, data)
+        said.add(data[1])
+        # with it, Gradio's own check refuses any path outside its upload folder, by name, reading nothing
+        event, data = raw_call(page["url"], [{"path": path, "meta": {"_type": "gradio.FileData"}}, "", 3, False, "", 0.0])
+        assert event == "error" and data["error"].endswith("because it was not uploaded by a user."), (path, data)
+        said.add(data["error"].replace(os.path.abspath(path), "PATH"))
+    assert said == {"**Cannot use this file:** not a file uploaded to this page.",
+                    "Cannot move PATH to the gradio cache dir because it was not uploaded by a user."}
+
+
+def test_one_request_cannot_ask_for_unbounded_answers(page):
+    """k is bounded (serving.max_k, never more than the catalog) before any work; 0 is refused like -1."""
+    limit = page["searcher"].max_k
+    assert limit == min(100, len(page["searcher"].catalog))
+    for k in (0, -1, 10**8, 10**9, limit + 1, 2.5, "5", True):
+        event, (gallery, status, *_) = raw_call(page["url"], [None, "a red circle", k, False, "", 0.0])
+        assert event == "complete" and not gallery and status.startswith("**Cannot search:** k must be"), (k, status)
+        if isinstance(k, int) and not isinstance(k, bool) and k > 0:
+            assert f"between 1 and {limit}" in status
 
 
 def test_api_serves_concurrent_clients(page):

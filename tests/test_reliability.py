@@ -219,6 +219,7 @@ BAD_SETTINGS = [
     (["k=-1"], "k must be a whole number >= 1; got -1."),
     (["k=1000"], "k=1000 is larger than the catalog searched (49 images)."),
     (["dataset.limit=0"], "dataset.limit must be a whole number >= 1, or null; got 0."),
+    (["serving.max_k=0"], "serving.max_k must be a whole number >= 1; got 0."),
     (["backbone.weights={bad}/garbage.pth"], "not a readable PyTorch state dict (not a PyTorch checkpoint file)"),
     (["backbone.weights={bad}/truncated.pth"], "not a readable PyTorch state dict (a truncated or corrupt archive)"),
     (["backbone.weights={bad}/r18.pth"], "not weights for resnet50 ("),

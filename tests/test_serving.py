@@ -88,10 +88,36 @@ def rest_api(root: Path):
             except OSError:
                 assert server.poll() is None, server.stderr.read().decode()[-2000:]
                 time.sleep(1)
+        post.server = server
         yield post
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of a process and all its descendants (from /proc)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents[int(stat.parent.name)] = int(fields[1])
+        except (OSError, ValueError, IndexError):
+            pass
+    tree, grew = {pid}, True
+    while grew:
+        grew = False
+        for child, parent in parents.items():
+            if parent in tree and child not in tree:
+                tree.add(child)
+                grew = True
+    total = 0
+    for p in tree:
+        try:
+            total += int(next(line for line in open(f"/proc/{p}/status") if line.startswith("VmRSS")).split()[1]) << 10
+        except (OSError, StopIteration):
+            pass
+    return total
 
 
 def test_rest_api_via_mlflow_models_serve(served):
@@ -115,6 +141,34 @@ def test_rest_api_via_mlflow_models_serve(served):
         assert status == 400 and "larger than 10 MB" in body["message"]
         status, _ = post([{"image": b64(served["catalog"] / item["path"])}])
         assert status == 200  # and the server is still up
+
+
+def test_rest_api_bounds_what_one_request_may_cost(served):
+    """k and rows per request are bounded by the model's serving limits, before anything is decoded:
+    k=10^9 once took the server to 14 GB; now it is a 400 naming the limit (and 0 is refused like -1)."""
+    limit = served["searcher"].max_k
+    image = b64(served["catalog"] / "images" / "circle_red_0.jpg")
+    with rest_api(served["root"]) as post:
+        for k in (0, -1, limit + 1, 10**8, 10**9):
+            status, body = post([{"image": image}], {"k": k})
+            assert status == 400 and f"k must be between 1 and {limit}" in body["message"], (k, body)
+        assert tree_rss(post.server.pid) < 3 << 30  # no request above allocated for its k
+        status, body = post([{"image": image}] * 17)
+        assert status == 400 and "at most 16 (serving.max_rows)" in body["message"]
+        status, body = post([{"image": image}], {"k": limit})
+        assert status == 200 and len(body["predictions"]) == limit
+
+
+def test_limits_are_checked_before_any_decoding(served, monkeypatch):
+    from harness.data.images import BadImage
+    from harness.serving import searcher as searcher_mod
+
+    monkeypatch.setattr(searcher_mod, "decode_upload", lambda *a: pytest.fail("decoded a request over a limit"))
+    for k in (0, 10**9, 2.5, True, "5"):
+        with pytest.raises(BadImage, match="k must be"):
+            served["searcher"].search(["x"], k=k)
+    with pytest.raises(BadImage, match="serving.max_rows"):
+        served["searcher"].search(["x"] * 17)
 
 
 def test_a_string_is_never_read_as_a_file(tmp_path):

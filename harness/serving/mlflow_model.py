@@ -31,6 +31,9 @@ class VisualSearchModel(PythonModel):
                    "rerank_weight": float(params.get("rerank_weight", 0.0))}
         tables = []
         try:
+            # Bounds first: a request for 10^9 answers or 10^6 rows is refused before anything is decoded.
+            options["k"] = self.searcher.check_k(options["k"])
+            self.searcher.check_rows(len(frame))
             for row in range(len(frame)):
                 text = frame["text"].iloc[row] if "text" in frame else None
                 image = frame["image"].iloc[row] if "image" in frame else None

@@ -45,6 +45,10 @@ class Settings:
     levels: list
     run: dict         # run id, name and score, shown by the demo
     root: str | None = None  # the catalog root: results show image paths relative to it
+    # What one request may cost (serving.*); models logged before these existed get the defaults.
+    max_k: int = 100
+    max_rows: int = 16
+    rerank_candidates: int = 50
 
     @classmethod
     def from_cfg(cls, cfg, root: str | None, run: dict) -> "Settings":
@@ -53,7 +57,8 @@ class Settings:
         def plain(node):
             return OmegaConf.to_container(node, resolve=True)
         return cls(plain(cfg.backbone), plain(cfg.layer), plain(cfg.preprocess), plain(cfg.metric), int(cfg.k),
-                   list(cfg.dataset.levels), run, root)
+                   list(cfg.dataset.levels), run, root, int(cfg.serving.max_k), int(cfg.serving.max_rows),
+                   int(cfg.serving.rerank_candidates))
 
 
 def decode_upload(value) -> Image.Image:
@@ -99,6 +104,15 @@ def _read_file(path: Path) -> bytes:
             return fh.read(MAX_UPLOAD_BYTES + 1)
     except OSError as exc:
         raise BadImage(f"unreadable ({exc.strerror})") from None
+
+
+def whole_number(value, name: str) -> int:
+    """A request's count (k, rows) as an int: whole numbers only (2.0 is 2; True, 2.5 and "5" are not)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer, float, np.floating)):
+        raise BadQuery(f"{name} must be a whole number, got {value!r}")
+    if isinstance(value, (float, np.floating)) and not float(value).is_integer():
+        raise BadQuery(f"{name} must be a whole number, got {value!r}")
+    return int(value)
 
 
 class Searcher:
@@ -180,24 +194,42 @@ class Searcher:
             raise BadQuery(str(exc)) from None
         return self.projection.transform(emb) if self.projection is not None else emb
 
+    @property
+    def max_k(self) -> int:
+        """The most answers one query may ask for: serving.max_k, and never more than the catalog."""
+        return min(int(self.settings.max_k), len(self.catalog))
+
+    def check_k(self, k) -> int:
+        """k of a request (None: the model's own): 1..max_k, refused before any decoding or allocation."""
+        k = self.settings.k if k is None else whole_number(k, "k")
+        if not 1 <= k <= self.max_k:
+            raise BadQuery(f"k must be between 1 and {self.max_k} (serving.max_k={self.settings.max_k}, "
+                           f"catalog {len(self.catalog)} products), got {k}")
+        return k
+
+    def check_rows(self, n: int) -> None:
+        if n > self.settings.max_rows:
+            raise BadQuery(f"{n} queries in one request; at most {self.settings.max_rows} (serving.max_rows)")
+
     def search(self, images: list, k: int | None = None, within_category: bool = False,
-               rerank_column: str | None = None, rerank_weight: float = 0.0, candidates: int = 50) -> list[pd.DataFrame]:
+               rerank_column: str | None = None, rerank_weight: float = 0.0) -> list[pd.DataFrame]:
         """One table per photo: rank, item_id, labels, image (relative path), distance, similarity,
         [business score]."""
+        k = self.check_k(k)
+        self.check_rows(len(images))
         return self._rank(self.embed([decode_upload(v) for v in images]), "the query photo", k, within_category,
-                          rerank_column, rerank_weight, candidates)
+                          rerank_column, rerank_weight)
 
     def search_text(self, texts: list[str], k: int | None = None, within_category: bool = False,
-                    rerank_column: str | None = None, rerank_weight: float = 0.0, candidates: int = 50) -> list[pd.DataFrame]:
+                    rerank_column: str | None = None, rerank_weight: float = 0.0) -> list[pd.DataFrame]:
         """One table per text ("red floral summer dress"), as for photos; needs a backbone with a text tower."""
+        k = self.check_k(k)
+        self.check_rows(len(texts))
         return self._rank(self.embed_texts(texts), "the text query", k, within_category, rerank_column,
-                          rerank_weight, candidates)
+                          rerank_weight)
 
-    def _rank(self, query_emb: np.ndarray, what: str, k, within_category, rerank_column, rerank_weight,
-              candidates) -> list[pd.DataFrame]:
-        k = int(k or self.settings.k)
-        if k < 1:
-            raise BadQuery(f"k must be >= 1, got {k}")
+    def _rank(self, query_emb: np.ndarray, what: str, k: int, within_category, rerank_column,
+              rerank_weight) -> list[pd.DataFrame]:
         try:
             self.metric.check(query_emb, what)
         except HarnessError as exc:
@@ -205,7 +237,8 @@ class Searcher:
         out = []
         for emb in query_emb:
             predicted = self.predict_category(emb) if within_category else None
-            depth = max(k, candidates) if rerank_column else k
+            # Both bounded by configuration, whatever the request: k by max_k, the candidates by the catalog.
+            depth = min(max(k, int(self.settings.rerank_candidates)), len(self.catalog)) if rerank_column else k
             dist, idx = self.index.search(emb[None], depth, None if predicted is None else [predicted])
             found = idx[0] >= 0
             table = self.catalog.iloc[idx[0][found]].drop(columns=["path"])
