@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from harness import liveness
 from harness.backbones.base import Backbone, describe
-from harness.data.images import BadImage, content_hash, read_image
+from harness.data.images import BadImage, content_hash, read_bytes, read_image
 from harness.errors import HarnessError
 from harness.store import FeatureStore
 
@@ -99,15 +99,29 @@ def embed_batch(backbone: Backbone, batch: Decoded) -> list[Result]:
     return [(i, digest, None if reason else next(vecs), reason) for i, reason, digest in batch.rows]
 
 
+NON_FINITE = "the network returned NaN or infinity for it"
+
+
+def check_features(emb: np.ndarray, valid: np.ndarray, failed: dict[int, str], backbone: Backbone) -> None:
+    """A feature stage that produced nothing usable stops here, saying what produced it (not, later,
+    that k is larger than an empty catalog)."""
+    weights = f"check backbone.weights={backbone.weights} ({backbone.arch}, runtime {backbone.runtime})"
+    non_finite = sum(reason == NON_FINITE for reason in failed.values())
+    if not valid.any() and non_finite:
+        raise HarnessError(f"the network returned NaN or infinity for every image it embedded ({non_finite}): "
+                           f"{weights}.")
+    if valid.any() and not np.abs(emb[valid]).max() > 0:
+        raise HarnessError(f"the network returned all-zero features for every image ({int(valid.sum())}): {weights}.")
+
+
 def hash_files(paths: list[str]) -> tuple[list[str | None], dict[int, str]]:
     hashes, failed = [], {}
     for i, p in enumerate(paths):
         try:
-            with open(p, "rb") as fh:
-                hashes.append(content_hash(fh.read()))
-        except OSError as exc:
+            hashes.append(content_hash(read_bytes(p)))
+        except BadImage as exc:
             hashes.append(None)
-            failed[i] = f"unreadable ({exc.strerror})"
+            failed[i] = str(exc)
     return hashes, failed
 
 
@@ -256,6 +270,8 @@ def extract(paths: list[str], backbone: Backbone, preprocess, store: FeatureStor
                 for results in engine.batches(job):
                     new, vecs = [], []
                     for i, digest, vec, reason in results:
+                        if not reason and not np.isfinite(vec).all():
+                            reason = NON_FINITE
                         if reason or digest != hashes[i]:
                             failed[i] = reason or "changed while extracting (embed it in a later run)"
                         elif digest in cached or digest in new:
@@ -300,6 +316,7 @@ def extract(paths: list[str], backbone: Backbone, preprocess, store: FeatureStor
         if h in bad_hashes and i not in failed:
             failed[i] = "duplicate of a skipped file"
     skipped = [(paths[i], failed[i]) for i in sorted(failed)]
+    check_features(emb, valid, failed, backbone)
     return Features(emb, valid, skipped, extracted=embedded, seconds=time.perf_counter() - t0,
                     embed_seconds=embed_seconds, wait_seconds=waited, compile_seconds=prepare_seconds,
                     fingerprint=fingerprint, hashes=hashes, engine=engine.metrics,

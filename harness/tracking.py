@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 import warnings
@@ -40,6 +41,12 @@ from harness.errors import HarnessError
 
 log = logging.getLogger(__name__)
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# A tracking server that fails every call: MLflow's defaults (7 retries, backoff factor 2, 120 s timeout)
+# retry for minutes before the one line (262 s seen). Four retries, backoff factor 1: about 15 s in all.
+# The user's own settings of these variables win.
+for _name, _value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "4"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
+                      ("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")):
+    os.environ.setdefault(_name, _value)
 DISTRIBUTION = "fashion-retrieval-harness"
 HEARTBEAT_SECONDS = 30   # a RUNNING run whose heartbeat is older than 4 of these has lost its process
 PROBE_SECONDS = 3        # an HTTP tracking server must answer /health within this
@@ -59,13 +66,28 @@ def check(tracking: DictConfig) -> None:
             raise HarnessError(f"tracking.uri={uri}: cannot write {path}.")
         check_writable_dir(tracking.artifact_root, f"tracking.artifact_root={tracking.artifact_root}")
     elif uri.startswith(("http://", "https://")):
+        base = uri.rstrip("/")
         try:
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=PROBE_SECONDS) as response:
+            with urllib.request.urlopen(f"{base}/health", timeout=PROBE_SECONDS) as response:
                 response.read(64)
         except (urllib.error.URLError, OSError, ValueError) as exc:
             reason = getattr(exc, "reason", exc)
             raise HarnessError(f"tracking.uri={uri}: no MLflow server answers there within {PROBE_SECONDS} s "
                                f"({reason}). Start one (README: Scaling out) or use a sqlite:/// store.") from None
+        # /health answers even when the server's store is down: one real API call must answer too
+        # (a 404 for an experiment that does not exist yet is an answer).
+        name = urllib.parse.quote(str(tracking.experiment))
+        try:
+            with urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name={name}",
+                                        timeout=PROBE_SECONDS) as response:
+                response.read(64)
+        except urllib.error.HTTPError as exc:
+            if exc.code >= 500:
+                raise HarnessError(f"tracking.uri={uri}: the MLflow server answers /health but its API fails "
+                                   f"(HTTP {exc.code} {exc.reason}); check the server's log and its store.") from None
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise HarnessError(f"tracking.uri={uri}: the MLflow server's API does not answer within {PROBE_SECONDS} s "
+                               f"({getattr(exc, 'reason', exc)}).") from None
 
 
 _configured: dict[tuple[str, str], str] = {}

@@ -51,9 +51,8 @@ def test_the_converted_network_is_read_from_the_disk_cache(cfg_factory, tmp_path
     first.prepare(2)
     second.prepare(2)
     assert first.openvino.converted and not second.openvino.converted
-    # IR, key and the conversion lock; no partial file left behind
-    assert sorted(p.suffix for p in (tmp_path / "ov").glob("*.*")) == [".bin", ".json", ".lock", ".xml"]
-    assert any((tmp_path / "ov" / "compiled").iterdir())  # OpenVINO's own compiled-model cache
+    # IR, its key and digests, the conversion lock; no partial file, no compiled blob
+    assert sorted(p.name.split(".", 1)[1] for p in (tmp_path / "ov").iterdir()) == ["bin", "json", "lock", "xml"]
     np.testing.assert_array_equal(first.embed(images(2, 64)), second.embed(images(2, 64)))
 
 
@@ -92,3 +91,87 @@ def test_the_searcher_embeds_an_upload_through_openvino(served):
     item = served["catalog"] / "images" / "square_green_2.jpg"
     [table] = searcher.search([item.read_bytes()], k=3)
     assert table["item_id"].iloc[0] == "square-green-2" and table["distance"].iloc[0] < 1e-3
+
+
+def alter_weights(bin_path, factor=-0.5):
+    """The weights of a cached IR changed in place: the same size, still a valid graph."""
+    data = np.fromfile(bin_path, dtype=np.float32)
+    data[len(data) // 4: len(data) // 2] *= factor
+    data.tofile(bin_path)
+
+
+def cached(tmp_path, name="resnet50"):
+    xml = next((tmp_path / "ov").glob("*.xml"))
+    return xml, xml.with_suffix(".bin"), xml.with_suffix(".json")
+
+
+@pytest.fixture
+def ov_cfg(cfg_factory, tmp_path):
+    return cfg_factory("backbone=resnet50", "backbone.weights=random", "backbone.runtime=openvino",
+                       "backbone.precision=fp32", "backbone.input_size=64", f"paths.openvino={tmp_path / 'ov'}")
+
+
+def rebuilt_lines(caplog):
+    return [r.getMessage() for r in caplog.records if "converting it again" in r.getMessage()]
+
+
+@pytest.mark.parametrize("damage", ["altered weights", "truncated graph", "lost digests"])
+def test_a_damaged_cached_network_is_converted_again_once_and_named(ov_cfg, tmp_path, caplog, damage):
+    torch_features = build_backbone(ov_cfg, runtime="torch").embed(images(2, 64))
+    build_backbone(ov_cfg).prepare(2)
+    xml, weights, record = cached(tmp_path)
+    if damage == "altered weights":
+        alter_weights(weights)
+    elif damage == "truncated graph":
+        xml.write_bytes(xml.read_bytes()[:1000])
+    else:
+        record.unlink()
+    with caplog.at_level(logging.WARNING):
+        backbone = build_backbone(ov_cfg)
+        backbone.prepare(2)
+    [line] = rebuilt_lines(caplog)
+    assert str(xml) in line and "\n" not in line
+    assert backbone.runtime == "openvino" and backbone.openvino.rebuilt and backbone.openvino.converted
+    np.testing.assert_allclose(backbone.embed(images(2, 64)), torch_features, rtol=1e-4, atol=1e-4)
+    caplog.clear()
+    again = build_backbone(ov_cfg)  # repaired for good: the next run reads it without a word
+    again.prepare(2)
+    assert not rebuilt_lines(caplog) and not again.openvino.converted
+
+
+def test_altered_weights_with_matching_digests_are_caught_by_the_probe(ov_cfg, tmp_path, caplog):
+    """Whatever changed the files and their record together: the output is compared with torch's."""
+    import hashlib
+    import json
+
+    build_backbone(ov_cfg).prepare(2)
+    xml, weights, record = cached(tmp_path)
+    alter_weights(weights)
+    manifest = json.loads(record.read_text())
+    manifest["sha256"][weights.name] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    record.write_text(json.dumps(manifest))
+    with caplog.at_level(logging.WARNING):
+        backbone = build_backbone(ov_cfg)
+        backbone.prepare(2)
+    [line] = rebuilt_lines(caplog)
+    assert "answers a probe unlike torch (cosine" in line and backbone.openvino.rebuilt
+
+
+def test_a_network_that_converts_to_other_numbers_is_refused(ov_cfg, monkeypatch, caplog):
+    """Freshly converted and still unlike torch on the probe: never used, torch runs instead."""
+    from harness.backbones import runtime
+
+    real_convert = runtime.OpenVINONetwork._convert
+
+    def convert_wrongly(self, ov, embedder, key, probe):
+        real_convert(self, ov, embedder, key, probe)
+        alter_weights(self.xml.with_suffix(".bin"))
+
+    monkeypatch.setattr(runtime.OpenVINONetwork, "_convert", convert_wrongly)
+    with caplog.at_level(logging.WARNING):
+        backbone = build_backbone(ov_cfg)
+        out = backbone.embed(images(2, 64))
+    assert backbone.runtime == "torch" and "runtime" not in backbone.fingerprint
+    [line] = [r.getMessage() for r in caplog.records if "not using it" in r.getMessage()]
+    assert "answers a probe unlike torch" in line and "running resnet50 with torch instead" in line
+    np.testing.assert_array_equal(out, build_backbone(ov_cfg, runtime="torch").embed(images(2, 64)))

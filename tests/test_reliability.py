@@ -211,7 +211,43 @@ def bad_files(tmp_path_factory):
     (root / "truncated.pth").write_bytes(data[: len(data) // 2])
     (root / "nopath").mkdir()
     (root / "nopath" / "manifest.csv").write_text("file,category,subcategory\na.jpg,x,y\n")
+    MlflowClient(f"sqlite:///{root}/mlflow.db").search_experiments()  # an MLflow database, given as a store
+    with sqlite3.connect(root / "foreign.sqlite") as db:  # another program's table called features
+        db.execute("CREATE TABLE features (id INTEGER PRIMARY KEY, data BLOB)")
+    with sqlite3.connect(root / "newer.sqlite") as db:
+        db.execute("PRAGMA application_id = 0x46524853")
+        db.execute("PRAGMA user_version = 99")
+        db.execute("CREATE TABLE extractors (fingerprint TEXT)")
     return root
+
+
+def file_digests(root):
+    import hashlib
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.glob("*.*"))}
+
+
+@pytest.fixture(scope="module")
+def sick_server():
+    """A tracking server that answers /health and fails every API call (503), as one whose store is down."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Sick(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == "/health" else 503)
+            self.end_headers()
+            self.wfile.write(b"OK" if self.path == "/health" else b"Service Unavailable")
+
+        do_POST = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Sick)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
 
 
 BAD_SETTINGS = [
@@ -225,6 +261,11 @@ BAD_SETTINGS = [
     (["backbone.weights={bad}/r18.pth"], "not weights for resnet50 ("),
     (["store.path=/proc/no/features.sqlite"], "store.path=/proc/no/features.sqlite: cannot write to /proc"),
     (["store.path={bad}/garbage.pth"], "the file exists and is not a SQLite database"),
+    (["store.path={bad}/mlflow.db"], "not a feature store (tables alembic_version, "),
+    (["store.path={bad}/foreign.sqlite"], "not a feature store (tables features; an MLflow database?)"),
+    (["store.path={bad}/newer.sqlite"], "written by a newer version of the harness (schema 99; this one reads up to 2)"),
+    (["store.path={bad}"], "not a regular file"),
+    (["tracking.uri=http://127.0.0.1:{sick}"], "answers /health but its API fails (HTTP 503"),
     (["tracking.uri=sqlite:///{bad}/garbage.pth/mlflow.db"], "is not a folder"),
     (["tracking.uri=http://127.0.0.1:{port}"], "no MLflow server answers there within 3 s"),
     (["metric=minkowski", "metric.p=0"], "metric.p must be a number >= 1"),
@@ -234,22 +275,25 @@ BAD_SETTINGS = [
 
 
 @pytest.fixture(scope="module")
-def bad_setting_runs(tmp_path_factory, bad_files):
+def bad_setting_runs(tmp_path_factory, bad_files, sick_server):
     """Every bad setting as its own `python -m harness` process, four at a time (each mostly imports)."""
     from concurrent.futures import ThreadPoolExecutor
 
     catalog = make_catalog(tmp_path_factory.mktemp("bad_catalog"))
+    before = file_digests(bad_files)
 
     def attempt(args):
         tmp = tmp_path_factory.mktemp("bad_run")
         t0 = time.time()
         proc = harness(tmp, "dataset=products", f"dataset.root={catalog}", "backbone=resnet50",
-                       "backbone.weights=random", *[a.format(bad=bad_files, port=free_port()) for a in args])
+                       "backbone.weights=random", *[a.format(bad=bad_files, port=free_port(), sick=sick_server) for a in args])
         out, err = proc.communicate(timeout=240)
         return proc.returncode, out, err, tmp, time.time() - t0
 
     with ThreadPoolExecutor(4) as pool:
-        return dict(zip(range(len(BAD_SETTINGS)), pool.map(attempt, [args for args, _ in BAD_SETTINGS])))
+        outcomes = dict(zip(range(len(BAD_SETTINGS)), pool.map(attempt, [args for args, _ in BAD_SETTINGS])))
+    assert file_digests(bad_files) == before  # no file given as a store was written into
+    return outcomes
 
 
 @pytest.mark.parametrize("case", range(len(BAD_SETTINGS)), ids=[" ".join(a) for a, _ in BAD_SETTINGS])

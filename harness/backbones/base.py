@@ -22,7 +22,8 @@ from torch import nn
 from torch.fx.experimental.optimization import fuse
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
-from harness.backbones.runtime import Embedder, OpenVINONetwork, default_cache, openvino_installed
+from harness.backbones.runtime import (Embedder, OpenVINONetwork, UnusableNetwork, first_line, default_cache,
+                                      openvino_installed)
 from harness.errors import HarnessError
 
 log = logging.getLogger(__name__)
@@ -270,12 +271,13 @@ class Backbone:
                                                 self.cache_dir)
         except HarnessError:
             raise
+        except UnusableNetwork as exc:  # converted, but answers unlike torch: never its features
+            log.warning("backbone.runtime=openvino: %s; running %s with torch instead", exc, self.arch)
+            self.runtime = "torch"
+            return self.prepare(batch_size)
         except Exception as exc:  # a network OpenVINO cannot convert runs with torch, and says so
-            # OpenVINO's messages open with the C++ file that raised them ("Exception from src/…:117:")
-            lines = [line for line in str(exc).splitlines() if line.strip() and not line.startswith("Exception from ")]
-            first = lines[0].strip()[:200] if lines else type(exc).__name__
             log.warning("backbone.runtime=openvino: %s does not convert (%s); running it with torch instead",
-                        self.arch, first)
+                        self.arch, first_line(exc))
             self.runtime = "torch"
             return self.prepare(batch_size)
         self.fixed_batch = batch_size

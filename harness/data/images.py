@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import stat
 import warnings
 
 import numpy as np
@@ -57,11 +59,45 @@ def decode_image(data: bytes) -> Image.Image:
     return img.convert("RGB")
 
 
-def read_image(path: str) -> tuple[Image.Image, str]:
-    """Read a file, return (RGB image, content hash)."""
+MAX_FILE_BYTES = 100 << 20  # no catalog photo is larger; a bigger "image" is not read
+
+
+def _kind(mode: int) -> str | None:
+    """Why a file of this mode is not read (None: a regular file)."""
+    if stat.S_ISREG(mode):
+        return None
+    what = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a device", stat.S_IFBLK: "a device",
+            stat.S_IFDIR: "a folder"}.get(stat.S_IFMT(mode), "not a file")
+    return f"not a regular file ({what})"
+
+
+def read_bytes(path, limit: int = MAX_FILE_BYTES) -> bytes:
+    """A regular file's bytes, at most `limit`. A FIFO, socket or device is refused without blocking:
+    looked at before opening (a socket cannot be opened), opened non-blocking (a FIFO would wait for a
+    writer), and checked again on the open descriptor (so nothing can be swapped in between)."""
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
+        why = _kind(os.stat(path).st_mode)
+        if why:
+            raise BadImage(why)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         raise BadImage(f"unreadable ({exc.strerror})") from None
+    try:
+        why = _kind(os.fstat(fd).st_mode)
+        if why:
+            raise BadImage(why)
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            data = fh.read(limit + 1)
+    except OSError as exc:
+        raise BadImage(f"unreadable ({exc.strerror})") from None
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise BadImage(f"file larger than {limit >> 20} MB")
+    return data
+
+
+def read_image(path: str) -> tuple[Image.Image, str]:
+    """Read a file, return (RGB image, content hash)."""
+    data = read_bytes(path)
     return decode_image(data), content_hash(data)

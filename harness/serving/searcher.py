@@ -20,7 +20,7 @@ from PIL import Image
 
 from harness.backbones import build_backbone
 from harness.config import instantiate
-from harness.data.images import BadImage, decode_image
+from harness.data.images import BadImage, decode_image, read_bytes
 from harness.errors import HarnessError
 from harness.preprocess import build_preprocess
 from harness.projections import FittedProjection
@@ -100,10 +100,9 @@ def _read_file(path: Path) -> bytes:
     try:
         if path.stat().st_size > MAX_UPLOAD_BYTES:
             raise BadImage(f"file larger than {MAX_UPLOAD_BYTES >> 20} MB")
-        with open(path, "rb") as fh:
-            return fh.read(MAX_UPLOAD_BYTES + 1)
     except OSError as exc:
         raise BadImage(f"unreadable ({exc.strerror})") from None
+    return read_bytes(path, MAX_UPLOAD_BYTES)
 
 
 def whole_number(value, name: str) -> int:
