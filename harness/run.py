@@ -11,28 +11,15 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from harness import tracking
-from harness.backbones import build_backbone
-from harness.config import instantiate, validate
 from harness.errors import HarnessError
-from harness.evaluate import check_k, evaluate
-from harness.extract import build_engine, extract, worker_config
-from harness.preprocess import build_preprocess
+from harness.evaluate import evaluate
+from harness.extract import extract
+from harness.pipeline import build
 from harness.protocols import restrict
-from harness.search import index_class
 from harness.serving.searcher import Searcher, Settings
 from harness.store import FeatureStore
 
 log = logging.getLogger(__name__)
-
-
-def build_evaluators(cfg: DictConfig) -> dict:
-    return {name: instantiate(spec) for name, spec in cfg.evaluator.items()
-            if isinstance(spec, DictConfig) and "_target_" in spec}
-
-
-def build_projection(cfg: DictConfig):
-    spec = cfg.get("projection")
-    return instantiate(spec) if spec and "_target_" in spec else None
 
 
 def check_remote_store(cfg: DictConfig) -> None:
@@ -48,32 +35,19 @@ def check_remote_store(cfg: DictConfig) -> None:
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
-    validate(cfg)
-    catalog, folds = instantiate(cfg.protocol).split(instantiate(cfg.dataset).load())
-    check_k(cfg.k, folds)
-    backbone, metric = build_backbone(cfg), instantiate(cfg.metric)
-    preprocess = build_preprocess(cfg.preprocess, backbone)
-    evaluators, projection = build_evaluators(cfg), build_projection(cfg)
-    run_name = f"{backbone.arch}-{cfg.layer.name}-{preprocess.name}-{metric!r}".lower()
-    if projection is not None:
-        run_name += f"-{projection.name}"
     # Every setting that can be checked is, before a tracking run or the feature store file exists.
-    if any(ev.needs_text for ev in evaluators.values()) and not backbone.can_embed_text:
-        raise HarnessError(f"evaluator=text searches by words: backbone {backbone.arch} has no text tower "
-                           "(use an OpenCLIP one, e.g. backbone=clip_vit_b32).")
-    backbone.check_weights()
-    FeatureStore.check(cfg.store.path)
-    index_class(cfg.search.index, metric, dict(cfg.search.params))
-    engine = build_engine(cfg.extract, worker_config(cfg))
+    pipe = build(cfg)
+    catalog, folds = pipe.data()
     check_remote_store(cfg)
-    with tracking.job_run(cfg, run_name) as job:
+    backbone, projection = pipe.backbone, pipe.projection
+    with tracking.job_run(cfg, pipe.run_name) as job:
         store = FeatureStore(cfg.store.path, cfg.store.dtype)
         try:
-            feats = extract(catalog.items["path"].tolist(), backbone, preprocess, store,
-                            batch_size=cfg.extract.batch_size, progress=cfg.extract.progress, engine=engine)
+            feats = extract(catalog.items["path"].tolist(), backbone, pipe.preprocess, store,
+                            batch_size=cfg.extract.batch_size, progress=cfg.extract.progress, engine=pipe.engine)
             catalog.items["content_hash"] = feats.hashes
             catalog, folds = restrict(catalog, folds, feats.valid)
-            result = evaluate(feats.emb[feats.valid], catalog, folds, metric, evaluators, int(cfg.k),
+            result = evaluate(feats.emb[feats.valid], catalog, folds, pipe.metric, pipe.evaluators, int(cfg.k),
                               index=cfg.search.index, within=catalog.levels[0] if cfg.search.within_category else None,
                               projection=projection, store=store,
                               encode_text=backbone.embed_text if backbone.can_embed_text else None, **cfg.search.params)
@@ -89,9 +63,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
                 emb = feats.emb[feats.valid][served]
                 # The served projection is fitted once on the whole served catalog (no fold is held out).
                 fitted = projection.fit(emb, catalog.items[projection.level or catalog.levels[-1]].to_numpy(object)[served],
-                                        metric, int(cfg.k)) if projection is not None else None
+                                        pipe.metric, int(cfg.k)) if projection is not None else None
                 with tempfile.TemporaryDirectory() as tmp:
-                    settings = Settings.from_cfg(cfg, catalog.root, {"run_id": job.run_id, "run_name": run_name,
+                    settings = Settings.from_cfg(cfg, catalog.root, {"run_id": job.run_id, "run_name": pipe.run_name,
                                                                      cfg.selection.metric: metrics.get(cfg.selection.metric)})
                     columns = [c for c in catalog.items.columns if c not in ("content_hash", "split", "distractor")]
                     directory = Searcher.write(Path(tmp) / "searcher", settings, catalog.items[served][columns],
@@ -103,7 +77,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
                                  np.where(result.indices >= 0, ids[np.maximum(result.indices, 0)], ""), result.distances)
         finally:
             store.close()
-    log.info(summary(cfg, job.run_id, run_name, metrics, catalog.levels))
+    log.info(summary(cfg, job.run_id, pipe.run_name, metrics, catalog.levels))
     return metrics
 
 

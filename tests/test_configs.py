@@ -13,11 +13,10 @@ from mlflow.tracking import MlflowClient
 from harness import CONFIG_DIR, ROOT
 from harness.backbones import build_backbone
 from harness.errors import HarnessError
-from harness.config import instantiate
-from harness.preprocess import build_preprocess
-from harness.run import build_evaluators, build_projection, run
-from harness.search import index_class
+from harness.pipeline import build
+from harness.run import run
 from tests.conftest import SHARED
+from tests.test_families import FAMILIES
 
 GROUPS = sorted(d.name for d in CONFIG_DIR.iterdir() if d.is_dir() and d.name != "hydra")
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONFIG_DIR / group).glob("*.yaml"))]
@@ -29,18 +28,12 @@ def test_every_group_is_covered():
 
 
 def build_everything(cfg, catalog_dir=None):
-    """Instantiate what a run would, without reading images or running a network."""
-    dataset = instantiate(cfg.dataset)
+    """Build what a run would (the run's own composition root), without reading images or running a network."""
+    pipe = build(cfg)
     if catalog_dir is not None:
-        dataset.load()
-    metric = instantiate(cfg.metric)
-    backbone = build_backbone(cfg)
-    assert backbone.node  # the layer name resolves to a graph node for this backbone
-    build_preprocess(cfg.preprocess, backbone)
-    instantiate(cfg.protocol)
-    index_class(cfg.search.index, metric, dict(cfg.search.params))
-    build_projection(cfg)
-    return build_evaluators(cfg)
+        pipe.dataset.load()
+    assert pipe.backbone.node  # the layer name resolves to a graph node for this backbone
+    return pipe.evaluators
 
 
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
@@ -54,6 +47,8 @@ def test_option_composes_and_instantiates(cfg_factory, catalog_dir, group, optio
         overrides.append(f"protocol.root={catalog_dir}")
     if (group, option) == ("layer", "fc1"):
         overrides.append("backbone=vgg16")  # fc1 is a VGG layer
+    if (group, option) == ("evaluator", "text"):
+        overrides += FAMILIES["open_clip"]  # search by words needs a text tower
     cfg = cfg_factory(*overrides)
     if group == "backbone" and str(cfg.backbone.arch).startswith("hf-hub:"):
         # its configuration lives on the hub: offline (forced here), one clear line instead of an object

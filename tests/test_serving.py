@@ -223,7 +223,7 @@ def test_served_lda_projection_answers_as_the_evaluation_searches(tmp_path):
     from harness.extract import extract
     from harness.preprocess import build_preprocess
     from harness.protocols import Fold
-    from harness.run import build_projection
+    from harness.pipeline import build_projection
     from harness.store import FeatureStore
     from tests.conftest import SHARED, make_catalog
 
