@@ -340,8 +340,11 @@ def bench_grid(args) -> list[dict]:
 
 
 def products_searcher(catalog: Path, *overrides: str):
-    """A Searcher over the whole products catalog, features from (or into) the project's store."""
-    from harness.serving.searcher import Searcher, Settings
+    """A Searcher over the whole products catalog, features from (or into) the project's store, served
+    as a run serves it."""
+    from harness.protocols import restrict
+    from harness.serving.package import served_parts
+    from harness.serving.searcher import Searcher
 
     cfg = compose_config("dataset=products", f"dataset.root={catalog}", *overrides)
     catalog = instantiate(cfg.dataset).load()
@@ -350,8 +353,8 @@ def products_searcher(catalog: Path, *overrides: str):
     store = FeatureStore(cfg.store.path, cfg.store.dtype)
     feats = extract(items["path"].tolist(), backbone, build_preprocess(cfg.preprocess, backbone), store, progress=False)
     store.close()
-    settings = Settings.from_cfg(cfg, catalog.root, {"run_id": "bench"})
-    return Searcher(settings, items[feats.valid], feats.emb[feats.valid]), items
+    served, _ = restrict(catalog, [], feats.valid)
+    return Searcher(*served_parts(cfg, served, feats.emb[feats.valid], run={"run_id": "bench"})), items
 
 
 def bench_serve(args) -> list[dict]:

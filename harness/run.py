@@ -16,7 +16,7 @@ from harness.evaluate import evaluate
 from harness.extract import extract
 from harness.pipeline import build
 from harness.protocols import restrict
-from harness.serving.searcher import Searcher, Settings
+from harness.serving.package import write_searcher
 from harness.store import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -58,20 +58,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
             job.log_artifacts({**result.artifacts,
                                "skipped_images.csv": pd.DataFrame(skipped, columns=["path", "reason"])})
             if cfg.serving.log_model and job.tracked:
-                served = ~catalog.is_distractor
-                served[[r for r, _ in result.excluded]] = False
-                emb = feats.emb[feats.valid][served]
-                # The served projection is fitted once on the whole served catalog (no fold is held out).
-                fitted = projection.fit(emb, catalog.items[projection.level or catalog.levels[-1]].to_numpy(object)[served],
-                                        pipe.metric, int(cfg.k)) if projection is not None else None
+                score = metrics.get(cfg.selection.metric)
                 with tempfile.TemporaryDirectory() as tmp:
-                    settings = Settings.from_cfg(cfg, catalog.root, {"run_id": job.run_id, "run_name": pipe.run_name,
-                                                                     cfg.selection.metric: metrics.get(cfg.selection.metric)})
-                    columns = [c for c in catalog.items.columns if c not in ("content_hash", "split", "distractor")]
-                    directory = Searcher.write(Path(tmp) / "searcher", settings, catalog.items[served][columns],
-                                               emb, fitted)
-                    job.log_search_model(directory, cfg.serving.model_name if cfg.serving.register else None,
-                                         metrics.get(cfg.selection.metric))
+                    directory = write_searcher(Path(tmp) / "searcher", cfg, catalog, feats.emb[feats.valid],
+                                               [r for r, _ in result.excluded], projection, pipe.metric,
+                                               {"run_id": job.run_id, "run_name": pipe.run_name, cfg.selection.metric: score})
+                    job.log_search_model(directory, cfg.serving.model_name if cfg.serving.register else None, score)
             ids = catalog.items["item_id"].to_numpy()
             store.put_neighbours(job.run_id, ids[result.query_rows],
                                  np.where(result.indices >= 0, ids[np.maximum(result.indices, 0)], ""), result.distances)
