@@ -1,6 +1,6 @@
 """Fashion visual search page: upload, paste or photograph a product, see the most similar ones.
 
-    python demo.py                      # serves models:/fashion-visual-search@champion on 127.0.0.1:7860
+    python demo.py                      # serves models:/<serving.model_name>@champion on 127.0.0.1:7860
     python demo.py --model-uri models:/fashion-visual-search/3 --port 8000
 
 The model is loaded once and shared read-only; each visitor's history lives in gr.State. Catalog
@@ -24,12 +24,11 @@ from fastapi import HTTPException  # noqa: E402
 from fastapi.responses import FileResponse  # noqa: E402
 from fastapi.routing import APIRoute  # noqa: E402
 
-from harness import tracking  # noqa: E402
+from harness.tracking.models import load_served  # noqa: E402
 from harness.config import compose_config  # noqa: E402
 from harness.data.images import BadImage  # noqa: E402
 from harness.serving.searcher import MAX_UPLOAD_BYTES, Searcher  # noqa: E402
 
-DEFAULT_URI = "models:/fashion-visual-search@champion"
 HINT = "Upload, paste or take a photo, pick a catalog example, or describe the product in words."
 
 
@@ -188,15 +187,15 @@ def launch(searcher: Searcher, info: dict, host: str = "127.0.0.1", port: int = 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-uri", default=DEFAULT_URI)
+    parser.add_argument("--model-uri", default=None, help="default: models:/<serving.model_name>@champion")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--tracking-uri", default=None, help="default: the project's mlruns/mlflow.db")
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. serving.model_name=NAME")
     args = parser.parse_args(argv)
-    cfg = compose_config(*([f"tracking.uri={args.tracking_uri}"] if args.tracking_uri else []))
-    tracking.configure(cfg.tracking)
-    _, searcher = tracking.load_model(args.model_uri)
-    launch(searcher, tracking.model_info(args.model_uri), args.host, args.port)
+    cfg = compose_config(*([f"tracking.uri={args.tracking_uri}"] if args.tracking_uri else []), *args.overrides)
+    _, searcher, info = load_served(cfg, args.model_uri)
+    launch(searcher, info, args.host, args.port)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import ROOT, tracking
+from harness import ROOT
+from harness.tracking.models import load_served
 from harness.bench import DEFAULT_CATALOG
 from harness.config import compose_config
 from harness.run import run
@@ -43,15 +44,14 @@ def main():
                              "backbone=open_clip", f"backbone.arch={args.arch}", f"backbone.weights={args.weights}",
                              f"paths.root={tmp}", "extract.progress=false")
         run(cfg)
-        tracking.configure(cfg.tracking)
-        _, searcher = tracking.load_model(URI)
+        _, searcher, info = load_served(cfg)
         spec = importlib.util.spec_from_file_location("demo", ROOT / "demo.py")
         demo = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(demo)
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        page = demo.launch(searcher, tracking.model_info(URI), "127.0.0.1", port, prevent_thread_lock=True, quiet=True)
+        page = demo.launch(searcher, info, "127.0.0.1", port, prevent_thread_lock=True, quiet=True)
         options = webdriver.ChromeOptions()
         options.binary_location = shutil.which("chromium")
         for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",

@@ -5,7 +5,7 @@
 With no overrides this is `make run`'s job (Fashion-MNIST: a stratified 5,000 training images as
 catalog, 1,000 test images as queries) with `seed` = 0 … n-1, which draws other images and changes
 nothing else. Features are reused from the project's feature store; nothing is logged to MLflow
-(`tracking.enabled=false`). Writes experiments/bench/subsets.json: per-seed precision@k, mean, sd, min, max.
+(`tracker=none`). Writes experiments/bench/subsets.json: per-seed precision@k, mean, sd, min, max.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def main():
     logging.basicConfig(level=logging.WARNING)
     rows = []
     for seed in range(args.seeds):
-        cfg = compose_config(*args.overrides, f"seed={seed}", "tracking.enabled=false", "extract.progress=false",
+        cfg = compose_config(*args.overrides, f"seed={seed}", "tracker=none", "extract.progress=false",
                              "serving.log_model=false")
         metrics = run(cfg)
         keys = sorted(key for key in metrics if key.endswith(f"_precision_at_{cfg.k}"))

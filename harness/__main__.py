@@ -28,9 +28,9 @@ def main(cfg: DictConfig):
             return exc  # the sweep goes on; SweepCallback reports failures and exits non-zero at the end
         sys.exit(2)
     except Interrupted as exc:
-        from harness import tracking
+        from harness.tracking import build_tracker
 
-        tracking.interrupted()
+        build_tracker(cfg).interrupted()
         print(f"interrupted by {exc}: the run is marked KILLED in MLflow; stored features are kept",
               file=sys.stderr)
         sys.exit(128 + exc.signum)

@@ -29,7 +29,7 @@ from harness.errors import HarnessError
 from harness.evaluators.base import EvalContext, Evaluator
 from harness.metrics.distances import Distance, as_matrix
 from harness.protocols import Fold
-from harness.search import GroupedIndex
+from harness.search.grouped import GroupedIndex
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def check_k(k, folds: list[Fold]) -> int:
 
 
 def evaluate(emb, catalog: Catalog, folds: list[Fold], metric: Distance, evaluators, k: int, *,
-             index: str = "exact", within: str | None = None, projection=None, store=None, encode_text=None,
+             index=None, within: str | None = None, projection=None, store=None, encode_text=None,
              **index_params) -> Evaluation:
     """Search each fold's queries among its references and score the rankings.
 
@@ -77,7 +77,8 @@ def evaluate(emb, catalog: Catalog, folds: list[Fold], metric: Distance, evaluat
     `harness.projections.Projection`, fitted on each fold's reference rows (distractors left out) and
     applied to its queries and references before the search. store: an optional per-image cache for
     costly descriptors (colour/texture). encode_text: texts → (T, D) in emb's space, for evaluators that
-    search by words (a backbone's `embed_text`). index, index_params: see `harness.search`.
+    search by words (a backbone's `embed_text`). index (an Index class or partial, default exact),
+    index_params: see `harness.search`.
 
     Vectors the metric is undefined for (all-zero for cosine, constant for correlation) are left out as
     queries and as catalog items; they are listed in `excluded` and counted in `excluded_images`.

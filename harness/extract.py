@@ -4,20 +4,17 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from harness import liveness
 from harness.backbones.base import Backbone, describe
-from harness.data.images import BadImage, content_hash, read_bytes, read_image
+from harness.data.images import BadImage, content_hash, read_bytes
+from harness.engines.base import Engine, Job
 from harness.errors import HarnessError
-from harness.store import FeatureStore
+from harness.store import LEASE_SECONDS, FeatureStore
 
 log = logging.getLogger(__name__)
 
@@ -52,53 +49,6 @@ class Features:
         return out
 
 
-def load(path: str, preprocess) -> tuple[torch.Tensor | None, str, str | None]:
-    """Read, decode, preprocess one file → (uint8 CHW tensor or None, why not, content hash). The same
-    robust decoder wherever it runs: a broken file comes back as a reason, never as an exception."""
-    try:
-        img, digest = read_image(path)
-        arr = np.asarray(preprocess(img), dtype=np.uint8)
-        return torch.from_numpy(arr.copy()).permute(2, 0, 1), "", digest
-    except BadImage as exc:
-        return None, str(exc), None
-    except OSError as exc:
-        return None, f"unreadable ({exc})", None
-
-
-class _Decode(Dataset):
-    """Decoding processes beside the model."""
-
-    def __init__(self, paths: list[str], preprocess):
-        self.paths, self.preprocess = paths, preprocess
-
-    def __len__(self):
-        return len(self.paths)
-
-    def __getitem__(self, i):
-        return (i, *load(self.paths[i], self.preprocess))
-
-
-@dataclass
-class Decoded:
-    """A decoded batch: per row (row, why not, content hash), and the good images as one uint8 tensor."""
-    rows: list[tuple[int, str, str | None]]
-    images: torch.Tensor | None  # (good rows, 3, H, W), in row order; None when no row decoded
-
-
-def decode_batch(loaded: list) -> Decoded:
-    """Collate `(row, tensor or None, why not, hash)` where they were decoded: one tensor leaves a decoding
-    process per batch instead of one per image (per-image transfers cost make run's feature stage 4 s of 29)."""
-    good = [t for _, t, _, _ in loaded if t is not None]
-    return Decoded([(i, reason, digest) for i, _, reason, digest in loaded],
-                   torch.stack(good) if good else None)
-
-
-def embed_batch(backbone: Backbone, batch: Decoded) -> list[Result]:
-    """(row, hash, vector or None, why not) per row of a decoded batch."""
-    vecs = iter(backbone.embed(batch.images) if batch.images is not None else [])
-    return [(i, digest, None if reason else next(vecs), reason) for i, reason, digest in batch.rows]
-
-
 NON_FINITE = "the network returned NaN or infinity for it"
 
 
@@ -125,114 +75,13 @@ def hash_files(paths: list[str]) -> tuple[list[str | None], dict[int, str]]:
     return hashes, failed
 
 
-@dataclass
-class Job:
-    """What an engine embeds: `pending` rows of `paths`, through `claim` (which rows this run may embed:
-    another run on the same store may hold some)."""
-    paths: list[str]
-    pending: list[int]
-    hashes: list
-    backbone: Backbone
-    preprocess: object
-    batch_size: int
-    claim: Callable[..., set[int]]
-
-
-Result = tuple[int, "str | None", "np.ndarray | None", str]  # (row, content hash, vector, why not)
-
-
-class Engine:
-    """Where images are decoded and embedded. `extract` drives it and is the only writer of the feature
-    store; an engine yields results batch by batch. A new engine is one subclass with a `name`."""
-    registry: dict[str, type["Engine"]] = {}
-    name: ClassVar[str]
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        if "name" in cls.__dict__:
-            Engine.registry[cls.name] = cls
-
-    def __init__(self):
-        self.metrics: dict[str, float] = {}  # logged with the run (start-up, nodes, workers, ...)
-        self.startup_images = 0  # images embedded during start-up, left out of images/s
-
-    @classmethod
-    def from_config(cls, extract_cfg, config=None) -> "Engine":
-        """The engine from `extract.<name>.*` (its constructor's keyword arguments); `config` is the run's
-        resolved config, for engines that build the backbone elsewhere."""
-        from omegaconf import OmegaConf
-
-        settings = extract_cfg.get(cls.name) or {}
-        settings = OmegaConf.to_container(settings, resolve=True) if OmegaConf.is_config(settings) else dict(settings)
-        try:
-            return cls(config=config, **settings)
-        except TypeError as exc:  # an unknown key under extract.<engine>
-            raise HarnessError(f"extract.{cls.name}: {exc}".replace("__init__() ", "")) from None
-
-    def batches(self, job: Job) -> Iterator[list[Result]]:
-        raise NotImplementedError
-
-
-class _Claiming(Sampler):
-    """Yields the rows to embed block by block, claiming each block in the store first and skipping
-    what another run holds: a DataLoader draws from it as it goes, so claims stay close to the work."""
-
-    def __init__(self, order: list[int], claim, block: int):
-        self.order, self.claim, self.block = order, claim, block
-
-    def __iter__(self):
-        for start in range(0, len(self.order), self.block):
-            part = self.order[start:start + self.block]
-            mine = self.claim(part)
-            yield from (i for i in part if i in mine)
-
-    def __len__(self):
-        return len(self.order)
-
-
-class LocalEngine(Engine):
-    """This process: DataLoader workers decode, the backbone embeds in batches."""
-    name = "local"
-
-    def __init__(self, num_workers: int = 2):
-        super().__init__()
-        self.num_workers = num_workers
-
-    @classmethod
-    def from_config(cls, extract_cfg, config=None) -> "LocalEngine":
-        return cls(extract_cfg.num_workers)
-
-    def batches(self, job: Job) -> Iterator[list[Result]]:
-        loader = DataLoader(_Decode(job.paths, job.preprocess), batch_size=job.batch_size,
-                            num_workers=self.num_workers, collate_fn=decode_batch,
-                            sampler=_Claiming(job.pending, job.claim, 8 * job.batch_size))
-        for batch in loader:
-            yield embed_batch(job.backbone, batch)
-
-
-def worker_config(cfg) -> dict:
-    """The part of a run's config that builds its backbone and preprocessing, resolved to plain values:
-    what an engine sends to workers elsewhere."""
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, ["backbone", "layer", "preprocess", "extract", "paths"]),
-                                  resolve=True)
-
-
-def build_engine(extract_cfg, config=None) -> Engine:
-    """`extract.engine` with its settings; `config` is the run's resolved config (`worker_config`)."""
-    import harness.distributed  # noqa: F401  (registers the ray engine; ray itself is imported on use)
-
-    name = extract_cfg.get("engine", "local")
-    if name not in Engine.registry:
-        raise HarnessError(f"extract.engine={name!r}: choose one of {', '.join(Engine.registry)}.")
-    return Engine.registry[name].from_config(extract_cfg, config)
-
-
 def extract(paths: list[str], backbone: Backbone, preprocess, store: FeatureStore,
             batch_size: int = 8, num_workers: int = 2, progress: bool = True, engine: Engine | None = None) -> Features:
     """Features for `paths` from the store, embedding (with `engine`, default this process) what it lacks."""
-    engine = engine or LocalEngine(num_workers)
+    if engine is None:
+        from harness.engines.local import LocalEngine
+
+        engine = LocalEngine(num_workers=num_workers)
     t0 = time.perf_counter()
     hashes, failed = hash_files(paths)
     prepare_seconds = 0.0
@@ -262,7 +111,7 @@ def extract(paths: list[str], backbone: Backbone, preprocess, store: FeatureStor
         try:
             pending = list(todo.values())
             while pending:
-                def claim(rows, lease=600.0):
+                def claim(rows, lease=LEASE_SECONDS):
                     mine = store.claim(fingerprint, [hashes[i] for i in rows], owner, lease)
                     return {i for i in rows if hashes[i] in mine}
 

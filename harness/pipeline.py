@@ -1,13 +1,15 @@
 """build(cfg) -> Pipeline: the one place a config becomes objects (the composition root).
 
-Every component of a run is built and every setting that can be checked without reading images is
-checked here, once, before a tracking run or a feature store exists; `run()`, the tests that build
-configs and the benchmarks call it. Reading the catalog is left to `Pipeline.data()`, so a config can
-be built (and checked) without its images.
+Every component of a run is built from its group's `_target_` and every setting that can be checked
+without reading images is checked here, once, before a tracking run or a feature store exists;
+`run()`, the tests that build configs and the benchmarks call it. Reading the catalog is left to
+`Pipeline.data()`, so a config can be built (and checked) without its images.
 """
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
@@ -15,13 +17,15 @@ from omegaconf import DictConfig
 from harness.backbones import build_backbone
 from harness.backbones.base import Backbone
 from harness.config import instantiate, validate
+from harness.engines.base import Engine, worker_config
 from harness.errors import HarnessError
-from harness.evaluate import check_k
-from harness.extract import Engine, build_engine, worker_config
+from harness.evaluate import check_k, evaluate
+from harness.extract import extract
 from harness.metrics.distances import Distance
 from harness.preprocess import build_preprocess
-from harness.search import index_class
+from harness.search.base import check_index
 from harness.store import FeatureStore
+from harness.tracking.base import Tracker, build_tracker
 
 
 @dataclass
@@ -34,7 +38,9 @@ class Pipeline:
     metric: Distance
     evaluators: dict    # name -> Evaluator
     projection: Any     # a Projection, or None
+    index: Any          # ref_emb, metric -> Index (a partial of its class)
     engine: Engine
+    tracker: Tracker
 
     @property
     def run_name(self) -> str:
@@ -46,6 +52,36 @@ class Pipeline:
         catalog, folds = self.protocol.split(self.dataset.load())
         check_k(self.cfg.k, folds)
         return catalog, folds
+
+    def open_store(self) -> FeatureStore:
+        return FeatureStore(self.cfg.store.path, self.cfg.store.dtype)
+
+    def extract(self, catalog, store: FeatureStore):
+        """The catalog's features (from the store, embedding what it lacks); their content hashes are
+        added to the catalog table."""
+        ex = self.cfg.extract
+        feats = extract(catalog.items["path"].tolist(), self.backbone, self.preprocess, store,
+                        batch_size=ex.batch_size, progress=ex.progress, engine=self.engine)
+        catalog.items["content_hash"] = feats.hashes
+        return feats
+
+    def evaluate(self, emb, catalog, folds, store: FeatureStore | None = None):
+        search = self.cfg.search
+        return evaluate(emb, catalog, folds, self.metric, self.evaluators, int(self.cfg.k), index=self.index,
+                        within=catalog.levels[0] if search.within_category else None,
+                        projection=self.projection, store=store,
+                        encode_text=self.backbone.embed_text if self.backbone.can_embed_text else None)
+
+    def check_remote_store(self) -> None:
+        """A sweep job on another machine than the one that launched the sweep reads the feature store at
+        a path every node sees; it never starts a new store of its own (it would embed the whole catalog
+        again on every node)."""
+        host, driver = socket.gethostname(), self.tracker.sweep_host()
+        path = self.cfg.store.path
+        if driver and driver != host and not Path(path).exists():
+            raise HarnessError(f"store.path={path} does not exist on {host}, where this job of a sweep "
+                               f"launched on {driver} runs. Extract once (engine=ray) into a store on "
+                               "storage every node mounts at the same path, and point store.path at it.")
 
 
 def build_evaluators(cfg: DictConfig) -> dict:
@@ -69,7 +105,10 @@ def build(cfg: DictConfig) -> Pipeline:
     preprocess, projection = build_preprocess(cfg.preprocess, backbone), build_projection(cfg)
     backbone.check_weights()
     FeatureStore.check(cfg.store.path)
-    index_class(cfg.search.index, metric, dict(cfg.search.params))
-    engine = build_engine(cfg.extract, worker_config(cfg))
+    index = instantiate(cfg.search.index)
+    check_index(index, metric)
+    engine = instantiate(cfg.engine)(config=worker_config(cfg))
+    tracker = build_tracker(cfg)
+    tracker.check()
     return Pipeline(cfg, instantiate(cfg.dataset), instantiate(cfg.protocol), backbone, preprocess, metric,
-                    evaluators, projection, engine)
+                    evaluators, projection, index, engine, tracker)

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 
-from harness import tracking
+from harness.tracking import build_tracker
+from harness.tracking.champion import select_champion
+from harness.tracking.models import register_champion
+from harness.tracking.sweeps import pick_sweep, sweep_children
 from harness.config import compose_config
 from harness.errors import HarnessError
 
@@ -24,12 +27,13 @@ def main(argv=None) -> int:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
     cfg = compose_config(*args.overrides)
-    sweep = tracking.pick_sweep(cfg.tracking, args.sweep, args.allow_incomplete)
-    children = [c for c in tracking.sweep_children(cfg.tracking, sweep) if c["model_uri"]]
+    tracker = build_tracker(cfg)
+    sweep = pick_sweep(tracker, args.sweep, args.allow_incomplete)
+    children = [c for c in sweep_children(tracker, sweep) if c["model_uri"]]
     if not children:
         raise HarnessError(f"Sweep {sweep} has no finished run with a logged model.")
-    best = tracking.select_champion(children, args.metric or cfg.selection.metric)
-    version = tracking.register_champion(best["run_id"], cfg.serving.model_name)
+    best = select_champion(children, args.metric or cfg.selection.metric)
+    version = register_champion(best["run_id"], cfg.serving.model_name)
     print(f"models:/{cfg.serving.model_name}@champion → version {version}, run {best['run_id']}")
     return version
 

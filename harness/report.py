@@ -16,7 +16,8 @@ import pandas as pd
 from hydra.utils import get_class
 from matplotlib.figure import Figure
 
-from harness import tracking
+from harness.tracking import build_tracker
+from harness.tracking.sweeps import log_artifacts_to, pick_sweep, read_csv_artifact, sweep_children
 from harness.config import ROOT, compose_config
 from harness.errors import HarnessError
 
@@ -68,7 +69,8 @@ def own_overrides(children: list[dict]) -> list[str]:
     return [" ".join(o for o in overrides if o not in shared) for overrides in split]
 
 
-def build(children: list[dict], selection: str, k: int, tmp: Path) -> tuple[pd.DataFrame, list[str], dict]:
+def build(children: list[dict], selection: str, k: int, per_query: dict) -> tuple[pd.DataFrame, list[str], dict]:
+    """per_query: run id -> its per_query.csv table (None where a run lacks it)."""
     cols = columns_for({name for child in children for name in child["metrics"]}, k)  # every run's levels
     rows = []
     for child, overrides in zip(children, own_overrides(children)):
@@ -78,7 +80,6 @@ def build(children: list[dict], selection: str, k: int, tmp: Path) -> tuple[pd.D
         rows.append(row)
     table = pd.DataFrame(rows)
     best = table.loc[table[selection].idxmax(), "run_id"]
-    per_query = {c["run_id"]: tracking.read_csv_artifact(c["run_id"], "per_query.csv", tmp / c["run_id"]) for c in children}
     intervals = {}
     ref = per_query.get(best)
     for run_id, pq in per_query.items():
@@ -147,20 +148,23 @@ def main(argv=None) -> Path:
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. tracking.experiment=NAME")
     args = parser.parse_args(argv)
     cfg = compose_config(*args.overrides)
-    sweep = tracking.pick_sweep(cfg.tracking, args.sweep, args.allow_incomplete)
-    children = tracking.sweep_children(cfg.tracking, sweep)
+    tracker = build_tracker(cfg)
+    sweep = pick_sweep(tracker, args.sweep, args.allow_incomplete)
+    children = sweep_children(tracker, sweep)
     if not children:
         raise HarnessError(f"Sweep {sweep} has no finished child runs.")
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        table, cols, extra = build(children, cfg.selection.metric, int(cfg.k), Path(tmp))
+        per_query = {c["run_id"]: read_csv_artifact(tracker, c["run_id"], "per_query.csv", Path(tmp) / c["run_id"])
+                     for c in children}
+    table, cols, extra = build(children, cfg.selection.metric, int(cfg.k), per_query)
     pngs = charts(table, cols, args.out, sweep)
     text = markdown(table, cols, extra, cfg.selection.metric, sweep, lower_is_better(children))
     for png in pngs:
         text = text.replace(f"({png.name.split('_', 1)[1]})", f"({png.name})")
     report = args.out / f"{sweep}.md"
     report.write_text(text)
-    tracking.log_artifacts_to(sweep, [report, *pngs], "report")
+    log_artifacts_to(tracker, sweep, [report, *pngs], "report")
     print(f"report: {report}")
     return report
 

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 APPLICATION_ID = 0x46524853  # "FRHS": SQLite's header field naming the program whose file this is
 SCHEMA_VERSION = 2           # 1: before checksums and identity (no application_id); 2: features.crc
+LEASE_SECONDS = 600.0        # a claim another run may take over after this (or as soon as its owner is gone)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS extractors (fingerprint TEXT PRIMARY KEY, description TEXT, dim INTEGER);
 CREATE TABLE IF NOT EXISTS features (
@@ -197,7 +198,7 @@ class FeatureStore:
             self.db.executemany("INSERT OR REPLACE INTO features VALUES (?, ?, ?, ?)",
                                 [(fingerprint, h, b, vector_crc(h, b)) for h, b in zip(hashes, blobs)])
 
-    def claim(self, fingerprint: str, hashes: list[str], owner: str, lease: float = 600.0) -> set[str]:
+    def claim(self, fingerprint: str, hashes: list[str], owner: str, lease: float = LEASE_SECONDS) -> set[str]:
         """Claim the images not stored yet and not held by a live claim of another owner; returns the
         hashes this owner now holds. `owner` is `liveness.me()` plus a token."""
         now = time.time()

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from harness import ROOT, tracking
+from harness import ROOT
+from harness.tracking.models import load_served
 from harness.config import compose_config
 
 URI = "models:/fashion-visual-search@champion"
@@ -101,8 +102,7 @@ def served(tmp_path_factory):
     subprocess.run([sys.executable, "-m", "harness", "dataset=products", f"dataset.root={catalog}",
                     f"paths.root={root}", "extract.progress=false", "extract.num_workers=0", *SHARED],
                    cwd=ROOT, check=True, capture_output=True, timeout=600)
-    tracking.configure(compose_config(f"paths.root={root}").tracking)
-    model, searcher = tracking.load_model(URI)
+    model, searcher, _ = load_served(compose_config(f"paths.root={root}"))
     return {"root": root, "catalog": catalog, "model": model, "searcher": searcher}
 
 
@@ -115,6 +115,5 @@ def served_clip(tmp_path_factory):
                     "backbone=open_clip", "backbone.arch=ViT-S-32", "backbone.pretrained=null", "backbone.weights=random",
                     f"paths.root={root}", "extract.progress=false", "extract.num_workers=0", *SHARED],
                    cwd=ROOT, check=True, capture_output=True, timeout=600)
-    tracking.configure(compose_config(f"paths.root={root}").tracking)
-    model, searcher = tracking.load_model(URI)
+    model, searcher, _ = load_served(compose_config(f"paths.root={root}"))
     return {"root": root, "catalog": catalog, "model": model, "searcher": searcher}

@@ -96,7 +96,7 @@ def test_paper_experiment_end_to_end(tmp_path, catalog_dir):
 
 
 def test_tracking_disabled_runs_without_mlflow(cfg_factory, catalog_dir, tmp_path):
-    cfg = cfg_factory("dataset=products", f"dataset.root={catalog_dir}", "tracking.enabled=false",
+    cfg = cfg_factory("dataset=products", f"dataset.root={catalog_dir}", "tracker=none",
                       "backbone=resnet50", "backbone.weights=random", "backbone.input_size=64")
     metrics = run(cfg)
     assert not (tmp_path / "mlruns" / "mlflow.db").exists() and not (tmp_path / "mlruns" / "artifacts").exists()

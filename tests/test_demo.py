@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from harness import ROOT, tracking
+from harness import ROOT
+from harness.tracking.models import model_info
 from tests.conftest import URI
 
 pytestmark = pytest.mark.slow
@@ -30,7 +31,7 @@ def page(served):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    blocks = demo.launch(served["searcher"], tracking.model_info(URI), "127.0.0.1", port,
+    blocks = demo.launch(served["searcher"], model_info(URI), "127.0.0.1", port,
                          prevent_thread_lock=True, quiet=True)
     yield {"demo": demo, "url": f"http://127.0.0.1:{port}/", **served}
     blocks.close()
@@ -182,7 +183,7 @@ def test_words_box_only_for_a_backbone_with_a_text_tower(page, served_clip):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    clip_page = demo.launch(served_clip["searcher"], tracking.model_info(URI), "127.0.0.1", port,
+    clip_page = demo.launch(served_clip["searcher"], model_info(URI), "127.0.0.1", port,
                             prevent_thread_lock=True, quiet=True)
     try:
         assert text_box(f"http://127.0.0.1:{port}/")["visible"] is True

@@ -1,4 +1,4 @@
-"""extract.engine=ray and hydra/launcher=ray on a real two-node Ray cluster started here (one CPU per node)."""
+"""engine=ray and hydra/launcher=ray on a real two-node Ray cluster started here (one CPU per node)."""
 from __future__ import annotations
 
 import os
@@ -16,7 +16,8 @@ from tests.conftest import SHARED, free_port, make_catalog
 from harness import ROOT
 from harness.backbones import build_backbone
 from harness.config import compose_config
-from harness.extract import build_engine, extract, worker_config
+from harness.extract import extract
+from harness.pipeline import build
 from harness.preprocess import build_preprocess
 from harness.store import FeatureStore
 
@@ -65,10 +66,10 @@ def features(cfg, store_path, engine=None):
 def test_two_nodes_embed_what_the_local_engine_does(cluster, tmp_path, cfg_factory):
     catalog = catalog_with_broken(tmp_path / "catalog")
     settings = ("dataset=products", f"dataset.root={catalog}", "backbone.precision=fp32", "extract.batch_size=2",
-                f"extract.ray.address={cluster.address}")
-    cfg = cfg_factory(*settings, "extract.engine=ray")
+                f"engine.address={cluster.address}")
+    cfg = cfg_factory(*settings, "engine=ray")
     local = features(cfg, tmp_path / "local.sqlite")
-    remote = features(cfg, tmp_path / "ray.sqlite", build_engine(cfg.extract, worker_config(cfg)))
+    remote = features(cfg, tmp_path / "ray.sqlite", build(cfg).engine)
     assert remote.fingerprint == local.fingerprint
     assert np.array_equal(remote.valid, local.valid) and local.valid.sum() == 45
     scale = np.abs(local.emb).max()
@@ -90,13 +91,13 @@ def test_a_killed_worker_loses_and_repeats_nothing(cluster, tmp_path, cfg_factor
     catalog = make_catalog(tmp_path / "catalog", per_class=8)
     cfg = cfg_factory("dataset=products", f"dataset.root={catalog}", "backbone=resnet50", "backbone.weights=random",
                       "backbone.runtime=torch", "backbone.precision=fp32", "extract.batch_size=2",
-                      f"extract.ray.address={cluster.address}", "extract.engine=ray")
+                      f"extract.ray.address={cluster.address}", "engine=ray")
     store_path = tmp_path / "f.sqlite"
     out, errors = {}, []
 
     def work():
         try:
-            out["feats"] = features(cfg, store_path, build_engine(cfg.extract, worker_config(cfg)))
+            out["feats"] = features(cfg, store_path, build(cfg).engine)
         except Exception as exc:  # surfaced by the assertion below
             errors.append(exc)
 

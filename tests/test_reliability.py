@@ -14,7 +14,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from harness import ROOT, tracking
+from harness import ROOT
+from harness.tracking.champion import select_champion
 from harness.errors import HarnessError
 from tests.conftest import SHARED, free_port, make_catalog
 
@@ -50,10 +51,10 @@ def wait_for(predicate, timeout=120):
 
 RACE = """
 import sys
-from harness import tracking
 from harness.config import compose_config
+from harness.tracking import build_tracker
 cfg = compose_config(f"paths.root={sys.argv[1]}")
-with tracking.job_run(cfg, "race") as job:
+with build_tracker(cfg).job("race", cfg) as job:
     job.log_metrics({"x": 1.0})
 """
 
@@ -269,7 +270,8 @@ BAD_SETTINGS = [
     (["tracking.uri=sqlite:///{bad}/garbage.pth/mlflow.db"], "is not a folder"),
     (["tracking.uri=http://127.0.0.1:{port}"], "no MLflow server answers there within 3 s"),
     (["metric=minkowski", "metric.p=0"], "metric.p must be a number >= 1"),
-    (["search=ivf", "+search.params.nprob=4"], "unknown key(s) nprob for search.index=ivf; accepted: nlist, nprobe"),
+    (["search=ivf", "+search.index.nprob=4"], "unknown key(s) nprob for search=ivf; accepted: nlist, nprobe"),
+    (["engine=ray", "engine.workers=0"], "engine.workers must be a whole number >= 1 or [min, max]; got 0."),
     (["dataset.root={bad}/nopath"], "manifest.csv has no 'path' column"),
 ]
 
@@ -308,17 +310,17 @@ def test_bad_setting_is_one_line_on_stderr_and_nothing_is_written(bad_setting_ru
 
 
 def test_hydra_refuses_an_unknown_key_without_plus(tmp_path, catalog_dir):
-    proc = harness(tmp_path, "dataset=products", f"dataset.root={catalog_dir}", "search.params.nprob=4")
+    proc = harness(tmp_path, "dataset=products", f"dataset.root={catalog_dir}", "search.index.nprob=4")
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode != 0 and "search.params.nprob" in err and "Traceback" not in err
+    assert proc.returncode != 0 and "search.index.nprob" in err and "Traceback" not in err
 
 
 def test_a_champion_is_never_a_run_with_a_non_finite_score():
     nan_run = {"run_id": "a", "params": {"backbone.arch": "x"}, "metrics": {"m": float("nan")}}
     good = {"run_id": "b", "params": {"backbone.arch": "x"}, "metrics": {"m": 0.1}}
-    assert tracking.select_champion([nan_run, good], "m")["run_id"] == "b"
+    assert select_champion([nan_run, good], "m")["run_id"] == "b"
     with pytest.raises(HarnessError, match="finite"):
-        tracking.select_champion([nan_run], "m")
+        select_champion([nan_run], "m")
 
 
 def test_a_run_without_a_finite_selection_score_is_not_registered(tmp_path, catalog_dir):

@@ -3,8 +3,13 @@ import pytest
 from harness.config import instantiate
 from sklearn.neighbors import NearestNeighbors
 
-from harness import search as search_mod
+from harness.search import base as search_mod
 from harness.search import build_index, top_k
+
+def index(cfg_factory, kind: str):
+    """search=<kind>'s index, as the pipeline builds it (a partial of its class, with its settings)."""
+    return instantiate(cfg_factory(f"search={kind}").search.index)
+
 
 SKLEARN = {"euclidean": {}, "manhattan": {}, "chebyshev": {}, "correlation": {}, "cosine": {},
            "minkowski": {"p": 3}}
@@ -61,10 +66,10 @@ def test_approximate_indexes_recall_on_clustered_data(kind, name, cfg_factory):
     query = (centres[rng.integers(0, 20, 100)] + rng.normal(size=(100, 32))).astype(np.float32)
     exact_dist, exact = build_index(ref, metric).search(query, 5)
     params = {"nprobe": 8} if kind == "ivf" else {}
-    approx_dist, approx = build_index(ref, metric, kind, **params).search(query, 5)
+    approx_dist, approx = build_index(ref, metric, index(cfg_factory, kind), **params).search(query, 5)
     recall = np.mean([len(set(a) & set(e)) / 5 for a, e in zip(approx, exact)])
     assert recall >= 0.9
-    deep_dist, deep = build_index(ref, metric, kind, **params).search(query, 1000)  # the ranking evaluator's depth
+    deep_dist, deep = build_index(ref, metric, index(cfg_factory, kind), **params).search(query, 1000)  # the ranking evaluator's depth
     found = deep >= 0  # an approximate index may find fewer than k: -1 and inf after the last one found
     assert deep.shape == (100, 1000) and np.all(np.isinf(deep_dist[~found])) and found[:, :5].all()
     assert all(np.all(np.diff(d[f]) >= 0) for d, f in zip(deep_dist, found))
@@ -84,20 +89,20 @@ def test_approximate_index_refuses_metrics_it_cannot_do(cfg_factory, kind):
         name = "canberra"
 
     for metric in (instantiate(cfg_factory("metric=manhattan").metric), Canberra()):
-        with pytest.raises(HarnessError, match="use search.index=exact"):
-            build_index(np.ones((10, 4), np.float32), metric, kind)
+        with pytest.raises(HarnessError, match="use search=exact"):
+            build_index(np.ones((10, 4), np.float32), metric, index(cfg_factory, kind))
 
 
 def test_index_parameters_are_checked(cfg_factory):
     from harness.errors import HarnessError
 
     cosine = instantiate(cfg_factory().metric)
-    with pytest.raises(HarnessError, match="unknown key.* nprob for search.index=ivf; accepted: nlist, nprobe"):
-        build_index(np.ones((10, 4), np.float32), cosine, "ivf", nprob=4)
+    with pytest.raises(HarnessError, match="unknown key.* nprob for search=ivf; accepted: nlist, nprobe"):
+        build_index(np.ones((10, 4), np.float32), cosine, index(cfg_factory, "ivf"), nprob=4)
     with pytest.raises(HarnessError, match="accepted: none"):
-        build_index(np.ones((10, 4), np.float32), cosine, "exact", nprobe=4)
-    with pytest.raises(HarnessError, match="choose one of exact, ivf, hnsw"):
-        build_index(np.ones((10, 4), np.float32), cosine, "annoy")
+        build_index(np.ones((10, 4), np.float32), cosine, index(cfg_factory, "exact"), nprobe=4)
+    with pytest.raises(Exception, match=r"(?s)Could not find 'search/annoy'.*exact.*hnsw.*ivf"):
+        cfg_factory("search=annoy")
 
 
 def test_grouped_index_searches_each_query_group(cfg_factory):

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from mlflow.exceptions import MlflowException
 
-from harness import tracking
+from harness.tracking.models import model_info
 
 pytestmark = pytest.mark.slow
 from tests.conftest import URI
@@ -35,7 +35,7 @@ def test_catalog_image_finds_itself_first_through_the_registered_model(served):
     assert out["item_id"].iloc[0] == item["item_id"] and out["distance"].iloc[0] < 1e-3
     assert {"category", "subcategory", "similarity", "image", "query"} <= set(out.columns)
     assert out["image"].iloc[0] == item["path"] and "path" not in out  # relative to the catalog root
-    info = tracking.model_info(URI)
+    info = model_info(URI)
     assert info["run_id"] and "subcategory_precision_at_5" in info["metrics"]
 
 

@@ -6,6 +6,7 @@ catalog's columns but the harness's own bookkeeping (content hash, split, distra
 """
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -37,3 +38,15 @@ def served_parts(cfg, catalog: Catalog, emb: np.ndarray, excluded_rows=(), proje
 def write_searcher(directory: Path, *args, **kwargs) -> Path:
     """The served searcher as plain files in `directory` (what the MLflow model carries)."""
     return Searcher.write(directory, *served_parts(*args, **kwargs))
+
+
+def log_served_model(job, pipe, catalog: Catalog, emb: np.ndarray, result, metrics: dict) -> str:
+    """Package a run's searcher and log it with `job` (registered as serving.model_name's champion when
+    serving.register is set). `emb`: one row per catalog row; `result`: the run's Evaluation."""
+    cfg = pipe.cfg
+    score = metrics.get(cfg.selection.metric)
+    run = {"run_id": job.run_id, "run_name": pipe.run_name, cfg.selection.metric: score}
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = write_searcher(Path(tmp) / "searcher", cfg, catalog, emb, [r for r, _ in result.excluded],
+                                   pipe.projection, pipe.metric, run)
+        return job.log_model(directory, cfg.serving.model_name if cfg.serving.register else None, score)

@@ -1,4 +1,4 @@
-"""extract.engine=ray: decoding and embedding on a Ray cluster's workers, the feature store on the driver.
+"""engine=ray: decoding and embedding on a Ray cluster's workers, the feature store on the driver.
 
 Ray Data's batch-inference shape: the rows the store lacks → `map_batches` with an actor class
 (`EmbedWorker`) that builds the backbone and preprocessing from the run's resolved config (no model
@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from harness.errors import HarnessError
-from harness.extract import Engine, Job, Result, decode_batch, embed_batch, load
+from harness.engines.base import Engine, Job, Result, decode_batch, embed_batch, load
 
 log = logging.getLogger(__name__)
 
@@ -58,24 +58,23 @@ class EmbedWorker:
 
 
 class RayEngine(Engine):
-    """`extract.ray.*`: address (null: a local Ray instance, or the cluster `ray start` made on this
+    """`engine.*`: address (null: a local Ray instance, or the cluster `ray start` made on this
     machine; `auto`: the running cluster; `ray://host:10001`), workers (actor pool size or [min, max]),
     num_cpus and num_gpus per worker."""
-    name = "ray"
 
     def __init__(self, config: dict | None = None, address: str | None = None, workers=2, num_cpus: float = 1,
                  num_gpus: float = 0):
-        super().__init__()
+        super().__init__(config)
         if config is None:
-            raise HarnessError("extract.engine=ray builds the backbone on each worker from the run's config.")
+            raise HarnessError("engine=ray builds the backbone on each worker from the run's config.")
         sizes = list(workers) if isinstance(workers, (list, tuple)) else [workers]
         if not sizes or len(sizes) > 2 or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in sizes) \
                 or sizes != sorted(sizes):
-            raise HarnessError(f"extract.ray.workers must be a whole number >= 1 or [min, max]; got {workers!r}.")
+            raise HarnessError(f"engine.workers must be a whole number >= 1 or [min, max]; got {workers!r}.")
         for name, value in (("num_cpus", num_cpus), ("num_gpus", num_gpus)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise HarnessError(f"extract.ray.{name} must be a number >= 0; got {value!r}.")
-        self.config, self.address, self.sizes = config, address, sizes
+                raise HarnessError(f"engine.{name} must be a number >= 0; got {value!r}.")
+        self.address, self.sizes = address, sizes
         self.num_cpus, self.num_gpus = num_cpus, num_gpus
 
     def _connect(self) -> bool:
@@ -88,7 +87,7 @@ class RayEngine(Engine):
             ray.init(address=self.address, log_to_driver=False, include_dashboard=False,
                      configure_logging=False, runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore"}})
         except ConnectionError as exc:
-            raise HarnessError(f"extract.ray.address={self.address!r}: no Ray cluster there ({exc}). "
+            raise HarnessError(f"engine.address={self.address!r}: no Ray cluster there ({exc}). "
                                "Start one with `ray start --head`, or use address=null for a local one.") from None
         return True
 
@@ -114,11 +113,11 @@ class RayEngine(Engine):
             pool = ActorPoolStrategy(size=self.sizes[0]) if len(self.sizes) == 1 else \
                 ActorPoolStrategy(min_size=self.sizes[0], max_size=self.sizes[1])
             expected = describe(job.backbone.fingerprint, job.preprocess.fingerprint())[0]
-            # Up to eight batches per call, like the local engine's claim block (one batch per call spent a
-            # quarter of the time in Ray's per-call overhead: 2 workers 0.76x the local engine vs 0.92x, one
-            # run), but at least four calls per worker, so a small job still reaches every worker.
+            # A claim block per call, like the local engine (one batch per call spent a quarter of the time in
+            # Ray's per-call overhead: 2 workers 0.76x the local engine vs 0.92x, one run), but at least
+            # four calls per worker, so a small job still reaches every worker.
             per_worker = len(rows) // (4 * self.sizes[-1]) // job.batch_size * job.batch_size
-            chunk = max(job.batch_size, min(8 * job.batch_size, per_worker))
+            chunk = max(job.batch_size, min(job.claim_block, per_worker))
             data = ray.data.from_items([{"row": i, "path": os.path.abspath(job.paths[i])} for i in rows],
                                        override_num_blocks=max(1, min(len(rows) // chunk, 200)))
             data = data.map_batches(EmbedWorker, batch_size=chunk, batch_format="numpy", compute=pool,

@@ -1,0 +1,115 @@
+"""k-nearest-neighbour search for every Distance, exact or approximate, in bounded memory.
+
+    index = build_index(ref_emb, metric)                 # ExactIndex; or IVFIndex, HNSWIndex, a partial
+    distances, indices = index.search(query_emb, k)      # (Q, k) each, nearest first
+
+An index is one `Index` subclass in its own module and one `conf/search/<name>.yaml` whose `index`
+is `_target_: <the class>` with `_partial_: true` (it needs the catalog's vectors, which come later):
+its constructor's keyword arguments are the settings it accepts (`search.index.<key>`), and
+`check_index` refuses any other key, and a metric FAISS cannot compute, before a run starts.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+
+import numpy as np
+import torch
+
+from harness.errors import HarnessError
+from harness.metrics.distances import Distance, as_matrix
+from harness.metrics.retrieval import order_key
+
+CHUNK_BYTES = 256 << 20  # distance block held at once
+
+
+def top_k(distances: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise k smallest of a (Q, N) block, sorted by (distance, column)."""
+    k = min(k, distances.shape[1])
+    if 4 * k >= distances.shape[1]:  # deep rankings (evaluators): a full stable sort beats select + lexsort
+        # Sorting (distance, column) packed in one uint64 is a stable argsort at half the cost. numpy, not
+        # torch.sort: torch's threads would wait here for OpenBLAS's, still spinning after the GEMM.
+        keys = order_key(distances).astype(np.uint64) << np.uint64(32)
+        keys |= np.arange(distances.shape[1], dtype=np.uint64)
+        part = (np.sort(keys, axis=1)[:, :k] & np.uint64(0xFFFFFFFF)).astype(np.int64)
+        return np.take_along_axis(distances, part, axis=1), part
+    # torch.topk is a parallel partial selection, far faster than np.argpartition on wide blocks. It
+    # picks any of the items tied at the k-th place; one more than k shows which rows have such a tie,
+    # and those rows are redone by the rule (common with chebyshev on ReLU6 features).
+    dist, part = torch.topk(torch.from_numpy(distances), k + 1, dim=1, largest=False, sorted=False)
+    dist, part = dist.numpy(), part.numpy()
+    order = np.lexsort((part, dist), axis=1)
+    dist, part = np.take_along_axis(dist, order, axis=1), np.take_along_axis(part, order, axis=1)
+    for q in np.flatnonzero(dist[:, k] == dist[:, k - 1]):
+        row = distances[q]
+        cols = np.flatnonzero(row <= dist[q, k - 1])
+        cols = cols[np.lexsort((cols, row[cols]))][:k]
+        part[q, :k], dist[q, :k] = cols, row[cols]
+    return dist[:, :k], part[:, :k]
+
+
+class Index:
+    """A catalog of `ref_emb` vectors under `metric`, searched by `search(query_emb, k)`."""
+    name = ""                     # what messages call it: its conf/search/<name>.yaml
+    faiss_metrics: tuple = ()     # approximate indexes: the FAISS metrics they serve; () = any Distance
+
+    def __init__(self, ref_emb: np.ndarray, metric: Distance):
+        self.metric = metric
+        ref = as_matrix(ref_emb, "ref_emb")
+        metric.check(ref, "ref_emb")
+        self.dim = ref.shape[1]
+        self.shift = metric.offset(ref) if len(ref) else None
+        self.ref = self.prepare(self._centre(ref))
+
+    def _centre(self, x: np.ndarray) -> np.ndarray:
+        return x - self.shift if self.shift is not None else x
+
+    def prepare(self, ref_emb: np.ndarray) -> np.ndarray:
+        return self.metric.transform(ref_emb)
+
+    def search(self, query_emb, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(distances, indices), each (Q, min(k, N)), nearest first; indices are catalog positions."""
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise HarnessError(f"k must be a whole number >= 1, got {k!r}.")
+        query = as_matrix(query_emb, "query_emb", self.dim)
+        self.metric.check(query, "query_emb")
+        query = self.metric.transform(self._centre(query))
+        k_eff = min(int(k), len(self.ref))
+        if len(query) == 0 or k_eff == 0:
+            return np.empty((len(query), k_eff), np.float32), np.empty((len(query), k_eff), np.int64)
+        d, i = self._search(query, k_eff)
+        return d.astype(np.float32, copy=False), i.astype(np.int64, copy=False)
+
+    def _search(self, query: np.ndarray, k: int):
+        raise NotImplementedError
+
+
+
+
+def _target(factory) -> type[Index]:
+    return factory.func if isinstance(factory, functools.partial) else factory
+
+
+def check_index(factory, metric: Distance, params: dict | None = None) -> None:
+    """`factory` (an Index class or a partial of one, as `search.index` builds it) accepts its settings
+    and can compute `metric`: one line if not, before anything is read."""
+    cls = _target(factory)
+    if not (isinstance(cls, type) and issubclass(cls, Index)):
+        raise HarnessError(f"search.index must build an harness.search.base.Index subclass; got {cls!r}.")
+    given = {**(factory.keywords if isinstance(factory, functools.partial) else {}), **(params or {})}
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "ref_emb", "metric")]
+    unknown = sorted(set(given) - set(accepted))
+    if unknown:
+        raise HarnessError(f"search.index: unknown key(s) {', '.join(unknown)} for search={cls.name}; "
+                           f"accepted: {', '.join(accepted) or 'none'}.")
+    if cls.faiss_metrics and metric.faiss_metric not in cls.faiss_metrics:
+        raise HarnessError(f"search={cls.name} cannot compute the {metric!r} distance (FAISS serves "
+                           f"euclidean, cosine and correlation); use search=exact.")
+
+
+def build_index(ref_emb, metric: Distance, index=None, **params) -> Index:
+    """`index` (default ExactIndex; a class or a partial) over `ref_emb`, its settings checked first."""
+    if index is None:
+        from harness.search.exact import ExactIndex as index
+    check_index(index, metric, params)
+    return index(ref_emb, metric, **params)

@@ -1,0 +1,142 @@
+"""The tracking interface: what a run logs and where, whatever keeps it.
+
+A `Tracker` opens one `Job` per run (`with tracker.job(run_name, cfg) as job:`); the run logs its
+params, metrics, per-fold metrics, artifacts and served model through the job and nothing else.
+`tracking=mlflow` is `harness.tracking.mlflow_tracker.MlflowTracker`; `tracking=none` (or
+`tracking=null`) is `NullTracker`, which keeps nothing: the run's metrics are returned, its
+neighbours still go to the feature store. Another tracker is one subclass + one `conf/tracking` YAML.
+"""
+from __future__ import annotations
+
+import math
+import tempfile
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+
+from harness.errors import HarnessError
+
+
+def flatten(cfg: dict, prefix: str = "") -> dict[str, str]:
+    """A nested config as `a.b.c -> str` params."""
+    out = {}
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = str(value)
+    return out
+
+
+def finite(metrics: dict) -> dict[str, float]:
+    """The metrics a tracker can store: NaN and missing scores are left out, not logged as numbers."""
+    return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+
+
+def write_artifact(obj, path: Path) -> None:
+    """A table, a figure or an image as the file `path` names."""
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    if isinstance(obj, pd.DataFrame):
+        obj.to_csv(path, index=False)
+    elif isinstance(obj, Figure):
+        obj.savefig(path, dpi=110, bbox_inches="tight")
+    elif isinstance(obj, Image.Image):
+        obj.save(path)
+    else:
+        raise TypeError(f"cannot write artifact {path.name} of type {type(obj).__name__}")
+
+
+class Job:
+    """One run as its tracker keeps it. `tracked` is False when nothing leaves the process."""
+    tracked = True
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+
+    def log_params(self, params: dict[str, str]) -> None:
+        raise NotImplementedError
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        raise NotImplementedError
+
+    def log_folds(self, per_fold: list[dict[str, float]]) -> None:
+        for fold, metrics in enumerate(per_fold):  # own keys: a tracker shows a key's highest step
+            self.log_metrics({f"fold/{key}": v for key, v in metrics.items()}, step=fold)
+
+    def log_artifacts(self, artifacts: dict) -> None:
+        """`{file name: DataFrame | Figure | Image}`, written and kept with the run."""
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, obj in artifacts.items():
+                write_artifact(obj, Path(tmp) / name)
+            self.log_folder(Path(tmp))
+
+    def log_folder(self, folder: Path) -> None:
+        raise NotImplementedError
+
+    def log_model(self, directory: Path, register_as: str | None, score: float | None = None) -> str:
+        """The served searcher's files as a model; registered as `register_as` when given. Its URI."""
+        raise NotImplementedError
+
+
+class Tracker:
+    """Where jobs are kept. Built from `conf/tracking/<name>.yaml`."""
+
+    def check(self) -> None:
+        """Before any work: the tracker can be written, in one line if not."""
+
+    @contextmanager
+    def job(self, run_name: str, cfg=None):
+        """One run; `cfg` (the run's config) is logged as its params. Ctrl-C or SIGTERM end it as killed."""
+        raise NotImplementedError
+        yield
+
+    def sweep_host(self) -> str | None:
+        """The machine that launched this job's sweep (None outside a tracked sweep)."""
+        return None
+
+    def interrupted(self) -> None:
+        """Ctrl-C or SIGTERM: what this process left open (a sweep's parent run) ends as killed."""
+
+    def where(self) -> str | None:
+        """One line for the run's summary: where its results are, or None."""
+        return None
+
+
+class NullJob(Job):
+    tracked = False
+
+    def __init__(self):
+        super().__init__(f"local-{uuid.uuid4().hex[:12]}")
+
+    def log_params(self, params):
+        pass
+
+    def log_metrics(self, metrics, step=None):
+        pass
+
+    def log_folder(self, folder):
+        pass
+
+    def log_model(self, directory, register_as, score=None):
+        raise HarnessError("serving.log_model needs tracking (an MLflow store to log the model to).")
+
+
+class NullTracker(Tracker):
+    """tracking=none (or null): nothing leaves the process."""
+
+    @contextmanager
+    def job(self, run_name: str, cfg=None):
+        yield NullJob()
+
+
+def build_tracker(cfg) -> Tracker:
+    """The run's tracker from `cfg.tracking` (null: a NullTracker)."""
+    from harness.config import instantiate
+
+    spec = cfg.get("tracking")
+    return instantiate(spec) if spec is not None else NullTracker()
