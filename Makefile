@@ -47,4 +47,4 @@ serve: install
 		$(VENV)/bin/mlflow models serve -m models:/fashion-visual-search@champion --env-manager local -h 127.0.0.1 -p 5001
 
 bench: install
-	$(PY) -m harness.bench
+	$(PY) experiments/bench.py

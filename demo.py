@@ -27,7 +27,7 @@ from fastapi.routing import APIRoute  # noqa: E402
 from harness.tracking.models import load_served  # noqa: E402
 from harness.config import compose_config  # noqa: E402
 from harness.data.images import BadImage  # noqa: E402
-from harness.serving.searcher import MAX_UPLOAD_BYTES, Searcher  # noqa: E402
+from harness.serving.searcher import MAX_UPLOAD_BYTES, SearchOptions, Searcher  # noqa: E402
 
 HINT = "Upload, paste or take a photo, pick a catalog example, or describe the product in words."
 
@@ -68,10 +68,10 @@ def run_search(searcher: Searcher, image, k: int, same_category: bool, rerank_co
     path must be among `uploaded` (the files Gradio received as uploads)."""
     try:
         # Bounds before any file or model is touched: a raw API call can send any k (10^9, 0, "5").
-        if not all(v is None or isinstance(v, str) for v in (text, rerank_column)):
-            raise BadImage("the text and the business column must be strings")
-        options = {"k": searcher.check_k(k), "within_category": bool(same_category),
-                   "rerank_column": rerank_column or None, "rerank_weight": float(rerank_weight)}
+        if not (text is None or isinstance(text, str)):
+            raise BadImage("the text must be a string")
+        options = SearchOptions.parse(searcher, {"k": k, "within_category": same_category,
+                                                 "rerank_column": rerank_column, "rerank_weight": rerank_weight}).kwargs()
     except (BadImage, TypeError, ValueError) as exc:
         return [], f"**Cannot search:** {exc}.", history
     if text and text.strip():

@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 from harness import ROOT
-from harness.bench import DEFAULT_CATALOG, machine
+from bench import DEFAULT_CATALOG, machine
 
 
 def main():

@@ -19,7 +19,7 @@ import numpy as np
 from gradio_client import Client, handle_file
 
 from harness import ROOT
-from harness.bench import DEFAULT_CATALOG, products_searcher
+from bench import DEFAULT_CATALOG, products_searcher
 
 
 def main():

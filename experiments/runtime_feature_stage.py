@@ -19,18 +19,18 @@ import numpy as np
 
 from harness import ROOT
 from harness.backbones.base import cpu_has_bf16
-from harness.bench import machine
+from bench import machine
 from harness.config import compose_config
 from harness.run import run
 
 
 def variants() -> dict[str, list[str]]:
     """OpenVINO against torch in the CPU's own precision (bf16 where it has it), eager and compiled."""
-    out = {"openvino": ["backbone.runtime=openvino"],
-           "torch": ["backbone.runtime=torch"],
-           "torch_compiled": ["backbone.runtime=torch", "extract.compile=true"]}
+    out = {"openvino": ["runtime=openvino"],
+           "torch": ["runtime=torch"],
+           "torch_compiled": ["runtime=inductor"]}
     if cpu_has_bf16():  # the default precision there is bf16; fp32 shown for the AVX2-only comparison
-        out["openvino_fp32"] = ["backbone.runtime=openvino", "backbone.precision=fp32"]
+        out["openvino_fp32"] = ["runtime=openvino", "backbone.precision=fp32"]
     return out
 
 

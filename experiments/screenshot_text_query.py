@@ -19,7 +19,7 @@ from pathlib import Path
 
 from harness import ROOT
 from harness.tracking.models import load_served
-from harness.bench import DEFAULT_CATALOG
+from bench import DEFAULT_CATALOG
 from harness.config import compose_config
 from harness.run import run
 

@@ -72,7 +72,7 @@ def validate(cfg) -> None:
     _whole(cfg.dataset.get("limit"), "dataset.limit", 1, allow_none=True)
     _whole(cfg.extract.batch_size, "extract.batch_size", 1)
     _whole(cfg.extract.num_workers, "extract.num_workers", 0)
-    for limit in ("max_k", "max_rows", "rerank_candidates"):
+    for limit in ("max_k", "max_rows", "rerank_candidates", "category_votes"):
         _whole(cfg.serving[limit], f"serving.{limit}", 1)
     if cfg.store.dtype not in ("float32", "float16"):
         raise HarnessError(f"store.dtype must be float32 or float16; got {cfg.store.dtype!r}.")

@@ -28,7 +28,7 @@ class Features:
     seconds: float = 0.0            # wall time of the whole feature stage
     embed_seconds: float = 0.0      # wall time of decoding + embedding the new images
     wait_seconds: float = 0.0       # waiting for images another run was embedding (not in embed_seconds)
-    compile_seconds: float = 0.0    # readying the network (OpenVINO conversion, extract.compile), not in embed_seconds
+    compile_seconds: float = 0.0    # readying the network (OpenVINO conversion, Inductor compiling), not in embed_seconds
     fingerprint: str = ""
     hashes: list = field(default_factory=list)  # content hash per image (None if unreadable)
     engine: dict = field(default_factory=dict)  # what the engine reports (start-up seconds, nodes, workers)

@@ -67,6 +67,19 @@ def vector_crc(digest: str, blob: bytes) -> int:
 def schema_version(db: sqlite3.Connection, path) -> int:
     """This store's schema version; 0 for an empty database. Anything that is not a feature store of
     this harness (another program's database, a newer schema) is refused in one line."""
+    # One read transaction: each statement on its own would read its own snapshot, and a store another
+    # process is creating meanwhile would show its tables without its application_id (seen under load).
+    own = not db.in_transaction
+    if own:
+        db.execute("BEGIN")
+    try:
+        return _schema_version(db, path)
+    finally:
+        if own:
+            db.rollback()
+
+
+def _schema_version(db: sqlite3.Connection, path) -> int:
     app, version = db.execute("PRAGMA application_id").fetchone()[0], db.execute("PRAGMA user_version").fetchone()[0]
     if app == APPLICATION_ID:
         if version > SCHEMA_VERSION:

@@ -32,13 +32,13 @@ def test_graph_node_and_pooling_choices(cfg_factory):
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="bf16 convolutions need oneDNN")
 def test_bf16_weights_cast_once_give_the_autocast_features(cfg_factory):
-    bb = make(cfg_factory, "backbone=resnet50", "backbone.weights=random", "backbone.precision=bf16", "backbone.runtime=torch")
+    bb = make(cfg_factory, "backbone=resnet50", "backbone.weights=random", "backbone.precision=bf16", "runtime=torch")
     x = torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8)
     features = bb.embed(x)
-    convs = [m for m in bb.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    convs = [m for m in bb.runtime.network.modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs and all(m.weight.dtype == torch.bfloat16 for m in convs)
     with torch.inference_mode():  # the plain autocast path: fp32 weights, cast by autocast on every call
-        for m in bb.model.modules():
+        for m in bb.runtime.network.modules():
             if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
                 m.to(torch.float32)
     np.testing.assert_array_equal(bb.embed(x), features)

@@ -24,7 +24,7 @@ OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONFIG_DIR
 
 def test_every_group_is_covered():
     assert {"backbone", "dataset", "evaluator", "experiment", "layer", "metric", "preprocess", "projection",
-            "protocol", "search"} <= set(GROUPS)
+            "protocol", "search", "engine", "runtime", "tracker"} <= set(GROUPS)
 
 
 def build_everything(cfg, catalog_dir=None):
@@ -76,7 +76,7 @@ def test_option_composes_and_instantiates(cfg_factory, catalog_dir, group, optio
 def test_paper_experiment_end_to_end(tmp_path, catalog_dir):
     """The study's 18-run grid on a tiny synthetic catalog: random weights, small inputs."""
     proc = subprocess.run([sys.executable, "-m", "harness", "-m", "experiment=paper", f"dataset.root={catalog_dir}",
-                           "backbone.weights=random", "backbone.input_size=64", "backbone.runtime=torch", "protocol.folds=3",
+                           "backbone.weights=random", "backbone.input_size=64", "runtime=torch", "protocol.folds=3",
                            f"paths.root={tmp_path}", "extract.progress=false", *SHARED],
                           cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -106,3 +106,24 @@ def test_tracking_disabled_runs_without_mlflow(cfg_factory, catalog_dir, tmp_pat
     category = pd.read_csv(catalog_dir / "manifest.csv").set_index("item_id")["category"]
     assert metrics["n_queries"] == 5 and len(rows) == 25 and rows["run_id"].str.startswith("local-").all()
     assert metrics["category_precision_at_5"] == (rows["query"].map(category) == rows["neighbour"].map(category)).mean()
+
+
+@pytest.mark.parametrize("tracking", ["tracking=null", "tracker=mlflow"])
+def test_a_run_logs_through_the_tracker_interface_whichever_tracker(cfg_factory, catalog_dir, tmp_path, tracking):
+    from harness.tracking import NullTracker, Tracker
+    from harness.tracking.mlflow_tracker import MlflowTracker
+
+    cfg = cfg_factory("dataset=products", f"dataset.root={catalog_dir}", "backbone=resnet50", "backbone.weights=random",
+                      "backbone.input_size=64", "serving.log_model=false", tracking)
+    tracker = build(cfg).tracker
+    assert isinstance(tracker, Tracker)
+    assert isinstance(tracker, NullTracker if tracking == "tracking=null" else MlflowTracker)
+    metrics = run(cfg)
+    db = tmp_path / "mlruns" / "mlflow.db"
+    if tracking == "tracking=null":
+        assert not db.exists()
+        return
+    [logged] = MlflowClient(f"sqlite:///{db}").search_runs(
+        [MlflowClient(f"sqlite:///{db}").get_experiment_by_name("fashion-retrieval").experiment_id])
+    assert logged.data.metrics["category_precision_at_5"] == metrics["category_precision_at_5"]
+    assert logged.data.params["backbone.arch"] == "resnet50" and logged.info.status == "FINISHED"

@@ -55,8 +55,8 @@ def test_compiled_extraction_matches_eager_without_recompiling(cfg_factory, cata
     paths = sorted(str(p) for p in (catalog_dir / "images").glob("*.jpg"))[:11]
     store = FeatureStore(str(tmp_path / "f.sqlite"))
     eager = extract(paths, *parts(cfg_factory, *overrides), store, batch_size=4, num_workers=0, progress=False)
-    cfg = cfg_factory("backbone=resnet50", "backbone.weights=random", "layer=logits", *overrides)
-    backbone = build_backbone(cfg, compile=True)
+    cfg = cfg_factory("backbone=resnet50", "backbone.weights=random", "layer=logits", "runtime=inductor", *overrides)
+    backbone = build_backbone(cfg)
     # 11 images in batches of 4 end with a batch of 3: padded to 4, so one graph serves every batch
     with torch._dynamo.config.patch(error_on_recompile=True):
         compiled = extract(paths, backbone, build_preprocess(cfg.preprocess, backbone), store, batch_size=4, num_workers=0,

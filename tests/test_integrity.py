@@ -256,7 +256,7 @@ def test_all_zero_features_stop_the_run_in_one_line(cfg_factory, catalog_dir, tm
     from harness.extract import extract
     from harness.preprocess import build_preprocess
 
-    cfg = cfg_factory("backbone=resnet50", "backbone.weights=random", "backbone.runtime=torch",
+    cfg = cfg_factory("backbone=resnet50", "backbone.weights=random", "runtime=torch",
                       "backbone.input_size=64")
     backbone = build_backbone(cfg)
     monkeypatch.setattr(backbone, "embed", lambda images: np.zeros((len(images), 2048), np.float32))

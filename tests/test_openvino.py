@@ -9,6 +9,7 @@ import torch
 
 from harness.backbones import build_backbone
 from harness.errors import HarnessError
+from harness.runtimes.torch_eager import TorchRuntime
 from tests.test_families import FAMILIES
 
 pytest.importorskip("openvino")
@@ -21,12 +22,12 @@ def images(n, size=224, seed=0):
 @pytest.mark.parametrize("name,weights", [("resnet50", "random"), ("efficientnet_lite0", "imagenet")])
 def test_openvino_features_equal_torch_fp32(cfg_factory, name, weights):
     common = [f"backbone={name}", f"backbone.weights={weights}", "backbone.precision=fp32"]
-    torch_bb = build_backbone(cfg_factory(*common, "backbone.runtime=torch"))
-    ov_bb = build_backbone(cfg_factory(*common, "backbone.runtime=openvino"))
+    torch_bb = build_backbone(cfg_factory(*common, "runtime=torch"))
+    ov_bb = build_backbone(cfg_factory(*common, "runtime=openvino"))
     x = images(5)  # a batch shorter than the prepared one: padded, then cut
     ov_bb.prepare(4)
     expected, got = torch_bb.embed(x), ov_bb.embed(x)
-    assert ov_bb.runtime == "openvino" and got.shape == expected.shape == (5, ov_bb.dim)
+    assert ov_bb.runtime.name == "openvino" and got.shape == expected.shape == (5, ov_bb.dim)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
     assert ov_bb.fingerprint["runtime"] == "openvino" and "runtime" not in torch_bb.fingerprint
 
@@ -35,22 +36,22 @@ def test_openvino_features_equal_torch_fp32(cfg_factory, name, weights):
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_timm_and_open_clip_convert_through_the_same_hook(cfg_factory, family):
     common = [*FAMILIES[family], "backbone.weights=random", "backbone.precision=fp32"]
-    torch_bb = build_backbone(cfg_factory(*common, "backbone.runtime=torch"))
-    ov_bb = build_backbone(cfg_factory(*common, "backbone.runtime=openvino"))
+    torch_bb = build_backbone(cfg_factory(*common, "runtime=torch"))
+    ov_bb = build_backbone(cfg_factory(*common, "runtime=openvino"))
     x = images(3, torch_bb.input_size)
     ov_bb.prepare(2)
     expected, got = torch_bb.embed(x), ov_bb.embed(x)
-    assert ov_bb.runtime == "openvino" and got.shape == expected.shape
+    assert ov_bb.runtime.name == "openvino" and got.shape == expected.shape
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
 
 def test_the_converted_network_is_read_from_the_disk_cache(cfg_factory, tmp_path):
-    cfg = cfg_factory("backbone=resnet50", "backbone.weights=random", "backbone.runtime=openvino",
+    cfg = cfg_factory("backbone=resnet50", "backbone.weights=random", "runtime=openvino",
                       "backbone.input_size=64", f"paths.openvino={tmp_path / 'ov'}")
     first, second = build_backbone(cfg), build_backbone(cfg)
     first.prepare(2)
     second.prepare(2)
-    assert first.openvino.converted and not second.openvino.converted
+    assert first.runtime.network.converted and not second.runtime.network.converted
     # IR, its key and digests, the conversion lock; no partial file, no compiled blob
     assert sorted(p.name.split(".", 1)[1] for p in (tmp_path / "ov").iterdir()) == ["bin", "json", "lock", "xml"]
     np.testing.assert_array_equal(first.embed(images(2, 64)), second.embed(images(2, 64)))
@@ -66,28 +67,28 @@ def test_a_network_that_does_not_convert_runs_with_torch_and_says_why(cfg_factor
     cfg = cfg_factory("backbone=resnet50", "backbone.weights=random", "backbone.input_size=64",
                       "backbone.precision=fp32", "paths.openvino=/tmp/harness-ov-never-written")
     backbone = build_backbone(cfg)
-    assert backbone.runtime == "openvino"  # auto, OpenVINO installed, on a CPU
+    assert backbone.runtime.name == "openvino"  # auto, OpenVINO installed, on a CPU
     with caplog.at_level(logging.WARNING):
         out = backbone.embed(images(3, 64))
-    assert backbone.runtime == "torch" and "runtime" not in backbone.fingerprint and out.shape == (3, 2048)
+    assert backbone.runtime.name == "torch" and "runtime" not in backbone.fingerprint and out.shape == (3, 2048)
     [record] = [r for r in caplog.records if "does not convert" in r.getMessage()]
     assert "Cannot convert op aten::mystery" in record.getMessage() and "\n" not in record.getMessage()
     torch_out = build_backbone(cfg_factory("backbone=resnet50", "backbone.weights=random", "backbone.input_size=64",
-                                           "backbone.precision=fp32", "backbone.runtime=torch")).embed(images(3, 64))
+                                           "backbone.precision=fp32", "runtime=torch")).embed(images(3, 64))
     np.testing.assert_array_equal(out, torch_out)
 
 
 def test_runtime_settings_are_checked(cfg_factory):
-    with pytest.raises(HarnessError, match="backbone.runtime must be auto, torch or openvino"):
-        build_backbone(cfg_factory("backbone.runtime=tensorrt"))
-    with pytest.raises(HarnessError, match="extract.compile=true compiles for backbone.runtime=torch"):
-        build_backbone(cfg_factory("backbone.runtime=openvino", "extract.compile=true"))
-    assert build_backbone(cfg_factory("extract.compile=true")).runtime == "torch"  # auto yields to compile
+    with pytest.raises(Exception, match=r"(?s)Could not find 'runtime/tensorrt'.*auto.*inductor.*openvino.*torch"):
+        cfg_factory("runtime=tensorrt")
+    with pytest.raises(HarnessError, match="runtime=openvino runs on the CPU; this backbone is on cuda"):
+        build_backbone(cfg_factory("runtime=openvino", "+backbone.device=cuda", "backbone.precision=fp32"))
+    assert build_backbone(cfg_factory("runtime=inductor")).runtime.name == "inductor"
 
 
 def test_the_searcher_embeds_an_upload_through_openvino(served):
     searcher = served["searcher"]
-    assert searcher.backbone.runtime == "openvino" and searcher.backbone.openvino.batch == 1
+    assert searcher.backbone.runtime.name == "openvino" and searcher.backbone.runtime.network.batch == 1
     item = served["catalog"] / "images" / "square_green_2.jpg"
     [table] = searcher.search([item.read_bytes()], k=3)
     assert table["item_id"].iloc[0] == "square-green-2" and table["distance"].iloc[0] < 1e-3
@@ -107,7 +108,7 @@ def cached(tmp_path, name="resnet50"):
 
 @pytest.fixture
 def ov_cfg(cfg_factory, tmp_path):
-    return cfg_factory("backbone=resnet50", "backbone.weights=random", "backbone.runtime=openvino",
+    return cfg_factory("backbone=resnet50", "backbone.weights=random", "runtime=openvino",
                        "backbone.precision=fp32", "backbone.input_size=64", f"paths.openvino={tmp_path / 'ov'}")
 
 
@@ -117,7 +118,7 @@ def rebuilt_lines(caplog):
 
 @pytest.mark.parametrize("damage", ["altered weights", "truncated graph", "lost digests"])
 def test_a_damaged_cached_network_is_converted_again_once_and_named(ov_cfg, tmp_path, caplog, damage):
-    torch_features = build_backbone(ov_cfg, runtime="torch").embed(images(2, 64))
+    torch_features = build_backbone(ov_cfg, runtime=TorchRuntime()).embed(images(2, 64))
     build_backbone(ov_cfg).prepare(2)
     xml, weights, record = cached(tmp_path)
     if damage == "altered weights":
@@ -131,12 +132,12 @@ def test_a_damaged_cached_network_is_converted_again_once_and_named(ov_cfg, tmp_
         backbone.prepare(2)
     [line] = rebuilt_lines(caplog)
     assert str(xml) in line and "\n" not in line
-    assert backbone.runtime == "openvino" and backbone.openvino.rebuilt and backbone.openvino.converted
+    assert backbone.runtime.name == "openvino" and backbone.runtime.network.rebuilt and backbone.runtime.network.converted
     np.testing.assert_allclose(backbone.embed(images(2, 64)), torch_features, rtol=1e-4, atol=1e-4)
     caplog.clear()
     again = build_backbone(ov_cfg)  # repaired for good: the next run reads it without a word
     again.prepare(2)
-    assert not rebuilt_lines(caplog) and not again.openvino.converted
+    assert not rebuilt_lines(caplog) and not again.runtime.network.converted
 
 
 def test_altered_weights_with_matching_digests_are_caught_by_the_probe(ov_cfg, tmp_path, caplog):
@@ -154,12 +155,12 @@ def test_altered_weights_with_matching_digests_are_caught_by_the_probe(ov_cfg, t
         backbone = build_backbone(ov_cfg)
         backbone.prepare(2)
     [line] = rebuilt_lines(caplog)
-    assert "answers a probe unlike torch (cosine" in line and backbone.openvino.rebuilt
+    assert "answers a probe unlike torch (cosine" in line and backbone.runtime.network.rebuilt
 
 
 def test_a_network_that_converts_to_other_numbers_is_refused(ov_cfg, monkeypatch, caplog):
     """Freshly converted and still unlike torch on the probe: never used, torch runs instead."""
-    from harness.backbones import runtime
+    from harness.runtimes import openvino as runtime
 
     real_convert = runtime.OpenVINONetwork._convert
 
@@ -171,7 +172,7 @@ def test_a_network_that_converts_to_other_numbers_is_refused(ov_cfg, monkeypatch
     with caplog.at_level(logging.WARNING):
         backbone = build_backbone(ov_cfg)
         out = backbone.embed(images(2, 64))
-    assert backbone.runtime == "torch" and "runtime" not in backbone.fingerprint
+    assert backbone.runtime.name == "torch" and "runtime" not in backbone.fingerprint
     [line] = [r.getMessage() for r in caplog.records if "not using it" in r.getMessage()]
     assert "answers a probe unlike torch" in line and "running resnet50 with torch instead" in line
-    np.testing.assert_array_equal(out, build_backbone(ov_cfg, runtime="torch").embed(images(2, 64)))
+    np.testing.assert_array_equal(out, build_backbone(ov_cfg, runtime=TorchRuntime()).embed(images(2, 64)))

@@ -3,7 +3,7 @@ import pytest
 from harness.config import instantiate
 from sklearn.neighbors import NearestNeighbors
 
-from harness.search import base as search_mod
+from harness.search.base import Index
 from harness.search import build_index, top_k
 
 def index(cfg_factory, kind: str):
@@ -21,7 +21,7 @@ def test_same_neighbours_as_scikit_learn(name, cfg_factory, monkeypatch):
     metric = instantiate(cfg_factory(*overrides).metric)
     rng = np.random.default_rng(0)
     ref, query = rng.normal(size=(300, 24)).astype(np.float32), rng.normal(size=(40, 24)).astype(np.float32)
-    monkeypatch.setattr(search_mod, "CHUNK_BYTES", 4 * 300 * 7)  # force several query chunks
+    monkeypatch.setattr(Index, "chunk_bytes", 4 * 300 * 7)  # force several query chunks
     dist, idx = build_index(ref, metric).search(query, 5)
     nn = NearestNeighbors(n_neighbors=5, algorithm="brute", metric=name, **SKLEARN[name])
     exp_dist, exp_idx = nn.fit(ref.astype(np.float64)).kneighbors(query.astype(np.float64))

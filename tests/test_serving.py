@@ -176,7 +176,7 @@ def test_a_string_is_never_read_as_a_file(tmp_path):
     from pathlib import Path
 
     from harness.data.images import BadImage
-    from harness.serving import searcher as searcher_mod
+    from harness.serving import requests as requests_mod
 
     image = tmp_path / "x.png"
     from PIL import Image
@@ -184,29 +184,29 @@ def test_a_string_is_never_read_as_a_file(tmp_path):
     answers = []
     for name in (str(image), "/etc/passwd", str(tmp_path / "missing.jpg")):
         with pytest.raises(BadImage) as err:
-            searcher_mod.decode_upload(name)
+            requests_mod.decode_upload(name)
         answers.append(str(err.value))
     assert answers == ["not base64-encoded image data"] * 3
-    assert searcher_mod.decode_upload(Path(image)).size == (8, 8)  # in-process callers ask with a Path
+    assert requests_mod.decode_upload(Path(image)).size == (8, 8)  # in-process callers ask with a Path
 
 
 def test_sizes_are_checked_before_reading_or_decoding(tmp_path, monkeypatch):
     from pathlib import Path
 
     from harness.data.images import BadImage
-    from harness.serving import searcher as searcher_mod
+    from harness.serving import requests as requests_mod
 
-    monkeypatch.setattr(searcher_mod, "MAX_UPLOAD_BYTES", 1000)
+    monkeypatch.setattr(requests_mod, "MAX_UPLOAD_BYTES", 1000)
     big = tmp_path / "big.jpg"
     big.write_bytes(b"\0" * 1001)
     decoded = []
-    monkeypatch.setattr(searcher_mod.base64, "b64decode", lambda *a, **k: decoded.append(1))
+    monkeypatch.setattr(requests_mod.base64, "b64decode", lambda *a, **k: decoded.append(1))
     with pytest.raises(BadImage, match="larger than"):
-        searcher_mod.decode_upload("A" * 1400)  # base64 of 1,050 bytes: refused before b64decode runs
+        requests_mod.decode_upload("A" * 1400)  # base64 of 1,050 bytes: refused before b64decode runs
     assert decoded == []
-    monkeypatch.setattr(searcher_mod, "open", lambda *a, **k: pytest.fail("read a file over the limit"), raising=False)
+    monkeypatch.setattr(requests_mod, "open", lambda *a, **k: pytest.fail("read a file over the limit"), raising=False)
     with pytest.raises(BadImage, match="larger than"):
-        searcher_mod.decode_upload(Path(big))
+        requests_mod.decode_upload(Path(big))
 
 
 def test_served_lda_projection_answers_as_the_evaluation_searches(tmp_path):

@@ -8,14 +8,12 @@ __all__ = ["Backbone", "EfficientNetLite", "OpenCLIPBackbone", "TimmBackbone", "
 
 
 def build_backbone(cfg, **overrides) -> Backbone:
-    """The configured backbone with its layer tap. `cfg` has `backbone` and `layer` (and optionally
-    `extract.compile`): a run's config, or a served model's settings."""
+    """The configured backbone (its layer comes by interpolation from the `layer` group) with its runtime.
+    `cfg` has `backbone` and optionally `runtime` (default torch eager): a run's config, or a served
+    model's settings."""
     from harness.config import instantiate
 
-    kwargs = {"layer": cfg["layer"]["name"], "pooling": cfg["layer"]["pooling"]}
-    extract = cfg.get("extract") or {}
-    if "compile" in extract:
-        kwargs["compile"] = extract["compile"]
-    if (cfg.get("paths") or {}).get("openvino"):
-        kwargs["cache_dir"] = cfg["paths"]["openvino"]
+    kwargs = {}
+    if cfg.get("runtime") is not None and "runtime" not in overrides:
+        kwargs["runtime"] = instantiate(cfg["runtime"])
     return instantiate(cfg["backbone"], **{**kwargs, **overrides})

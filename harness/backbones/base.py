@@ -3,16 +3,16 @@
 A family (torchvision, EfficientNet-Lite, timm, OpenCLIP) is one subclass that says how to make its
 network (`skeleton`, `load_pretrained`) and, where torchvision's FX graph tap does not fit, how its
 features are taken (`tap`) and what input it expects (`data_config`). Pooling, normalisation,
-precision, memory layout, compilation and the store fingerprint live here, so every family gets
-them the same way. A family with a text tower also implements `embed_text`.
+precision and the store fingerprint live here, so every family gets them the same way; what runs the
+network is the `runtime` (harness.runtimes), handed the embedding module, never the backbone; local
+weights files are read and checked by `harness.backbones.weights`. A family with a text tower also
+implements `embed_text`.
 """
 from __future__ import annotations
 
 import functools
-import logging
 import hashlib
 import json
-import time
 import warnings
 from pathlib import Path
 
@@ -22,11 +22,11 @@ from torch import nn
 from torch.fx.experimental.optimization import fuse
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
-from harness.backbones.runtime import (Embedder, OpenVINONetwork, UnusableNetwork, first_line, default_cache,
-                                      openvino_installed)
+from harness.backbones.weights import file_digest, match_state, read_state_dict
 from harness.errors import HarnessError
+from harness.runtimes.base import Embedder, Runtime
+from harness.runtimes.torch_eager import TorchRuntime
 
-log = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -77,14 +77,6 @@ def pool(x: torch.Tensor, how: str, prefix_tokens: int = 0, gem_p: float = 3.0) 
 POOLINGS = ("gap", "max", "gem", "cls", "mean")
 
 
-def file_digest(path: str) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
-
-
 class Backbone:
     """Base class. `layers` maps backbone-neutral names (penultimate, logits, fc1) to graph nodes."""
 
@@ -96,8 +88,8 @@ class Backbone:
 
     def __init__(self, arch: str, weights: str = "imagenet", precision: str = "auto",
                  layer: str = "penultimate", pooling: str = "gap", layers: dict | None = None,
-                 input_size: int | None = None, device: str | None = None, seed: int = 0, compile: bool = False,
-                 runtime: str = "auto", cache_dir: str | None = None):
+                 input_size: int | None = None, device: str | None = None, seed: int = 0,
+                 runtime: Runtime | None = None):
         self.arch, self.weights, self.seed = arch, str(weights), seed
         self.layer_aliases = dict(layers or {})
         self.layer, self.pooling = layer, pooling
@@ -112,30 +104,7 @@ class Backbone:
         config = self.data_config()
         self.input_size = int(input_size or config["input_size"])
         self.mean, self.std, self.interpolation = config["mean"], config["std"], config["interpolation"]
-        self._mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)
-        self._std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1)
-        self.compile = bool(compile)  # extract.compile: TorchInductor before a long extraction (`prepare`)
-        self.runtime = self._resolve_runtime(runtime)
-        self.cache_dir = Path(cache_dir) if cache_dir else default_cache()
-        self.fixed_batch = 0  # > 0 once prepared: the one batch size the compiled network takes
-        self.openvino: OpenVINONetwork | None = None
-
-    def _resolve_runtime(self, runtime: str) -> str:
-        """torch | openvino; auto: OpenVINO on a CPU when it is installed (the network must still convert:
-        `prepare` falls back to torch with a log line if it does not)."""
-        if runtime not in ("auto", "torch", "openvino"):
-            raise HarnessError(f"backbone.runtime must be auto, torch or openvino, got {runtime!r}.")
-        if runtime == "openvino":
-            if self.compile:
-                raise HarnessError("extract.compile=true compiles for backbone.runtime=torch; OpenVINO compiles itself.")
-            if self.device.type != "cpu":
-                raise HarnessError(f"backbone.runtime=openvino runs on the CPU; this backbone is on {self.device}.")
-            if not openvino_installed():
-                raise HarnessError("backbone.runtime=openvino: the openvino package is not installed (pip install openvino).")
-            return "openvino"
-        if runtime == "auto" and not self.compile and self.device.type == "cpu" and openvino_installed():
-            return "openvino"
-        return "torch"
+        self.runtime = (runtime or TorchRuntime()).resolve(self.device)
 
     def data_config(self) -> dict:
         """The input the network was trained on: input_size, mean, std, interpolation (a family whose
@@ -143,22 +112,16 @@ class Backbone:
         return {"input_size": 224, "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "interpolation": "bilinear"}
 
     @functools.cached_property
-    def model(self) -> nn.Module:
-        """The network up to the tapped layer, built on first use: a sweep job whose features are all in
-        the store never needs it (VGG16 takes seconds to build)."""
-        if self.weights == "random":
-            torch.manual_seed(self.seed)  # random weights are reproducible, so their features can be cached
-        model = self.tap(self.build().eval()).to(self.device, memory_format=torch.channels_last)
-        if self.precision == "bf16":
-            # Autocast casts every conv/linear weight to bf16 again for each batch (its cast cache lasts
-            # one autocast region). Casting them once gives the same bf16 values, so the same features,
-            # without the copy. Other layers stay as autocast runs them.
-            # nn.MultiheadAttention (OpenCLIP) keeps its input projection as a bare parameter: cast it whole,
-            # or its fp32 in-projection meets a bf16 out-projection and every call pays for copies.
-            for module in model.modules():
-                if isinstance(module, (nn.Conv2d, nn.Linear, nn.MultiheadAttention)):
-                    module.to(torch.bfloat16)
-        return model
+    def embedder(self) -> Embedder:
+        """The fp32 network up to the tapped layer, with normalisation and pooling: what a runtime runs.
+        Built on first use: a sweep job whose features are all in the store never needs it (VGG16 takes
+        seconds to build)."""
+        with torch.inference_mode(False):  # tracing and conversion need ordinary tensors, whoever calls
+            if self.weights == "random":
+                torch.manual_seed(self.seed)  # random weights are reproducible, so their features can be cached
+            network = self.tap(self.build().eval())
+            return Embedder(network, self.mean, self.std,
+                            functools.partial(pool, how=self.pooling, prefix_tokens=self.prefix_tokens))
 
     def tap(self, model: nn.Module) -> nn.Module:
         """The network cut at the configured layer, as a module from normalised images to that layer's
@@ -197,41 +160,10 @@ class Backbone:
             return self.skeleton()
         if self.weights in self.weight_tags:
             return self.load_pretrained()
-        model, state = self.skeleton(), self._read_weights()
-        self._match_state(model, state)
+        model, state = self.skeleton(), read_state_dict(self.weights)
+        match_state(model, state, self.weights, self.arch)
         model.load_state_dict(state)
         return model
-
-    def _read_weights(self, mmap: bool = False) -> dict:
-        path = Path(self.weights).expanduser()
-        try:
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-            except RuntimeError:
-                if not mmap:
-                    raise
-                state = torch.load(path, map_location="cpu", weights_only=True)  # the legacy format cannot be mapped
-        except Exception:  # truncated, corrupt, pickled objects, not a torch file at all
-            with open(path, "rb") as fh:
-                zipped = fh.read(2) == b"PK"  # torch.save writes a zip archive
-            reason = "a truncated or corrupt archive" if zipped else "not a PyTorch checkpoint file"
-            raise HarnessError(f"backbone.weights={path}: not a readable PyTorch state dict ({reason}).") from None
-        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-            state = state["state_dict"]
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise HarnessError(f"backbone.weights={path}: not a state dict (a mapping of parameter names to tensors).")
-        return state
-
-    def _match_state(self, model: nn.Module, state: dict) -> None:
-        expected = model.state_dict()
-        missing = [k for k in expected if k not in state]
-        unexpected = [k for k in state if k not in expected]
-        wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-        if missing or unexpected or wrong:
-            example = (missing or unexpected or wrong)[0]
-            raise HarnessError(f"backbone.weights={self.weights}: not weights for {self.arch} "
-                               f"({len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} wrongly "
-                               f"shaped keys, e.g. {example!r}).")
 
     def check_weights(self) -> None:
         """A local weights file is read and matched against the architecture before a run starts, so a
@@ -240,74 +172,27 @@ class Backbone:
             from harness.backbones.hub import use_hub
 
             if not use_hub():  # offline: build now, so a missing download fails before the run writes anything
-                self.model     # (online it is built on first use: a job whose features are all stored never downloads)
+                self.embedder  # (online it is built on first use: a job whose features are all stored never downloads)
             return
         if self.weights in ("random", *self.weight_tags):
             return
         with torch.device("meta"):
             model = self.skeleton()
-        self._match_state(model, self._read_weights(mmap=True))
+        match_state(model, read_state_dict(self.weights, mmap=True), self.weights, self.arch)
 
     def prepare(self, batch_size: int) -> float:
-        """Ready the network for batches of `batch_size` (smaller ones are padded, larger ones split, so it
-        is built once): OpenVINO converts and compiles it, extract.compile compiles it with TorchInductor, eager torch
-        needs nothing. Returns the seconds it took."""
-        if self.fixed_batch:
+        """Ready the runtime for batches of `batch_size` (smaller ones are padded, larger ones split, so a
+        compiled network is built once): OpenVINO converts and compiles, Inductor compiles, eager torch
+        waits for its first batch. Returns the seconds it took; a runtime that cannot run this network
+        hands over to its fallback (the fingerprint then says so)."""
+        if self.runtime.ready or not self.runtime.readies_early:
             return 0.0
-        if self.runtime == "openvino":
-            return self._prepare_openvino(batch_size)
-        return self.compile_network(batch_size) if self.compile else 0.0
+        return self._ready(batch_size)
 
-    def _prepare_openvino(self, batch_size: int) -> float:
-        key = {k: v for k, v in self.fingerprint.items() if k not in ("precision", "runtime")}
-        try:
-            with torch.inference_mode(False):  # tracing needs ordinary tensors, whoever calls
-                if self.weights == "random":
-                    torch.manual_seed(self.seed)
-                network = self.tap(self.build().eval())  # fp32: the precision is OpenVINO's inference hint
-                embedder = Embedder(network, self.mean, self.std,
-                                    functools.partial(pool, how=self.pooling, prefix_tokens=self.prefix_tokens))
-                self.openvino = OpenVINONetwork(embedder, key, batch_size, self.input_size, self.precision,
-                                                self.cache_dir)
-        except HarnessError:
-            raise
-        except UnusableNetwork as exc:  # converted, but answers unlike torch: never its features
-            log.warning("backbone.runtime=openvino: %s; running %s with torch instead", exc, self.arch)
-            self.runtime = "torch"
-            return self.prepare(batch_size)
-        except Exception as exc:  # a network OpenVINO cannot convert runs with torch, and says so
-            log.warning("backbone.runtime=openvino: %s does not convert (%s); running it with torch instead",
-                        self.arch, first_line(exc))
-            self.runtime = "torch"
-            return self.prepare(batch_size)
-        self.fixed_batch = batch_size
-        return self.openvino.seconds
-
-    def compile_network(self, batch_size: int) -> float:
-        """Compile the network with TorchInductor for batches of `batch_size`. Returns the seconds the
-        compilation took.
-
-        Inductor's freezing folds BatchNorm and pre-packs the weights for oneDNN. Compiling takes seconds
-        (the most for the first network with a cold Inductor cache), so it pays for catalogs of thousands
-        of images, not for a few hundred (`python -m harness.bench extract --compile` measures it).
-        """
-        import torch._inductor.config
-
-        # Inductor's own switch; only compiled graphs read it, and only ours are compiled.
-        torch._inductor.config.freezing = True
-        model = self.model
-        self.__dict__["model"] = torch.compile(model, dynamic=False)
-        self.fixed_batch = batch_size
-        t0 = time.perf_counter()
-        try:
-            self.embed(torch.zeros(1, 3, self.input_size, self.input_size, dtype=torch.uint8))
-        except Exception as exc:  # a missing C++ compiler surfaces here, on the first call
-            self.__dict__["model"], self.fixed_batch = model, 0
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise HarnessError(f"extract.compile=true: TorchInductor could not compile {self.arch} "
-                               f"({first}). It needs a C++ compiler (g++); extract.compile=false runs "
-                               f"the network as it is.") from None
-        return time.perf_counter() - t0
+    def _ready(self, batch_size: int) -> float:
+        key = {k: v for k, v in self.base_fingerprint.items() if k != "precision"}
+        self.runtime = self.runtime.prepare(self.embedder, batch_size, self.precision, self.device, key)
+        return self.runtime.seconds
 
     @property
     def weights_id(self) -> str:
@@ -316,15 +201,15 @@ class Backbone:
         return f"file:{file_digest(str(Path(self.weights).expanduser()))}"
 
     @property
-    def fingerprint(self) -> dict:
-        # A compiled network, or another runtime, sums in another order: close to the eager torch features,
-        # not equal, so they are stored apart. (torch eager has no runtime key: its features were stored
-        # before there were runtimes.)
-        compiled = {"compiled": True} if self.compile else {}
-        runtime = {"runtime": self.runtime} if self.runtime != "torch" else {}
+    def base_fingerprint(self) -> dict:
         return {"family": self.family, "arch": self.arch, "weights": self._weights_id, "node": self.node,
-                "pooling": self.pooling, "precision": self.precision, "input_size": self.input_size, **compiled,
-                **runtime}
+                "pooling": self.pooling, "precision": self.precision, "input_size": self.input_size}
+
+    @property
+    def fingerprint(self) -> dict:
+        """Everything that changes a feature vector, the runtime included (another runtime sums in another
+        order: close features, not equal, so they are stored apart)."""
+        return {**self.base_fingerprint, **self.runtime.fingerprint}
 
     @functools.cached_property
     def _weights_id(self) -> str:
@@ -338,20 +223,9 @@ class Backbone:
     @torch.inference_mode()
     def embed(self, images: torch.Tensor) -> np.ndarray:
         """uint8 (N, 3, H, W) RGB images → float32 (N, D) features."""
-        if self.runtime == "openvino" and self.openvino is None:
-            self.prepare(len(images))
-        n = len(images)
-        if n < self.fixed_batch:
-            images = torch.cat([images, images.new_zeros(self.fixed_batch - n, *images.shape[1:])])
-        elif n > self.fixed_batch > 0:
-            return np.concatenate([self.embed(chunk) for chunk in images.split(self.fixed_batch)])
-        if self.openvino is not None:
-            return self.openvino(images.numpy())[:n]
-        x = images.to(self.device, non_blocking=True).float().div_(255.0)
-        x = ((x - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            out = self.model(x)
-        return pool(out[:n].float(), self.pooling, self.prefix_tokens).cpu().numpy().astype(np.float32, copy=False)
+        if not self.runtime.ready:
+            self._ready(len(images))
+        return self.runtime(images)
 
 
 class _Output(nn.Module):

@@ -83,7 +83,7 @@ class OpenCLIPBackbone(Backbone):
     def embed_text(self, texts: list[str]) -> np.ndarray:
         import open_clip
 
-        self.model  # builds the network (and self.clip) on first use
+        self.embedder  # builds the network (and self.clip) on first use
         tokens = self._call(open_clip.get_tokenizer, self.arch)(list(texts))
         with torch.inference_mode():
             out = self.clip.encode_text(tokens.to(self.device))

@@ -91,5 +91,5 @@ def worker_config(cfg) -> dict:
     what an engine sends to workers elsewhere."""
     from omegaconf import OmegaConf
 
-    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, ["backbone", "layer", "preprocess", "extract", "paths"]),
+    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, ["backbone", "layer", "preprocess", "runtime", "extract", "paths"]),
                                   resolve=True)

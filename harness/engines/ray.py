@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 class EmbedWorker:
     """One Ray actor: the run's backbone and preprocessing, built from its config where it runs."""
 
-    def __init__(self, config: dict, runtime: str, batch_size: int, expected: str):
+    def __init__(self, config: dict, runtime, batch_size: int, expected: str):
         import ray
         from omegaconf import OmegaConf
 
@@ -40,7 +40,7 @@ class EmbedWorker:
         if built != expected:  # another library version or device: its features would not be the driver's
             raise HarnessError(f"a Ray worker on node {ray.get_runtime_context().get_node_id()[:8]} builds "
                                f"another network than the driver ({self.backbone.fingerprint}); install the "
-                               f"same versions on every node, or set backbone.runtime and backbone.precision.")
+                               f"same versions on every node, or set runtime=... and backbone.precision.")
         context = ray.get_runtime_context()
         self.node, self.worker = context.get_node_id(), context.get_actor_id()
 

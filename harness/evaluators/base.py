@@ -3,8 +3,9 @@
 An evaluator is one small class: `evaluate(ctx) -> {name: value}`, and where it has something to keep,
 `artifacts(ctx) -> {file name: DataFrame | matplotlib Figure | PIL image}`; the caller decides where
 files go (tracking writes them for MLflow). Class attributes declare how deep a ranking it reads
-(`depth`) and which of its metrics are lower-is-better (`lower_is_better`, name prefixes), so the
-search and the sweep report never need to know evaluators by name.
+(`depth`) and which of its metrics are lower-is-better (`lower_is_better`, name prefixes): the search
+reads `depth`, and the sweep report finds each run's evaluator classes in its logged params
+(`evaluator.<name>._target_`) and reads their `lower_is_better`, with no list of evaluators anywhere.
 """
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ import faiss
 import numpy as np
 
 from harness.errors import HarnessError
-from harness.metrics import kernels
+import harness.metrics.kernels as kernels
 
 
 def as_matrix(x, name: str, dim: int | None = None) -> np.ndarray:

@@ -1,5 +1,6 @@
 """k-nearest-neighbour search: `base` (the Index contract, top-k, checks), one module per index."""
-from harness.search.base import CHUNK_BYTES, Index, build_index, check_index, top_k
+from harness.search.base import CHUNK_BYTES, Index, check_index, top_k
+from harness.search.build import build_index
 from harness.search.exact import ExactIndex
 from harness.search.grouped import GroupedIndex
 

@@ -52,6 +52,7 @@ class Index:
     """A catalog of `ref_emb` vectors under `metric`, searched by `search(query_emb, k)`."""
     name = ""                     # what messages call it: its conf/search/<name>.yaml
     faiss_metrics: tuple = ()     # approximate indexes: the FAISS metrics they serve; () = any Distance
+    chunk_bytes = CHUNK_BYTES     # distance block held at once (a test makes it small)
 
     def __init__(self, ref_emb: np.ndarray, metric: Distance):
         self.metric = metric
@@ -105,11 +106,3 @@ def check_index(factory, metric: Distance, params: dict | None = None) -> None:
     if cls.faiss_metrics and metric.faiss_metric not in cls.faiss_metrics:
         raise HarnessError(f"search={cls.name} cannot compute the {metric!r} distance (FAISS serves "
                            f"euclidean, cosine and correlation); use search=exact.")
-
-
-def build_index(ref_emb, metric: Distance, index=None, **params) -> Index:
-    """`index` (default ExactIndex; a class or a partial) over `ref_emb`, its settings checked first."""
-    if index is None:
-        from harness.search.exact import ExactIndex as index
-    check_index(index, metric, params)
-    return index(ref_emb, metric, **params)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness.search import base
 from harness.search.base import Index, top_k
 
 
@@ -18,7 +17,7 @@ class ExactIndex(Index):
         return self.metric.prepare_ref(ref_emb)
 
     def _search(self, query, k):
-        step = max(1, base.CHUNK_BYTES // (4 * len(self.ref)))
+        step = max(1, self.chunk_bytes // (4 * len(self.ref)))
         out_d, out_i = [], []
         for s in range(0, len(query), step):
             q = query[s:s + step]

@@ -5,7 +5,8 @@ import numpy as np
 
 from harness.errors import HarnessError
 from harness.metrics.distances import Distance, as_matrix
-from harness.search.base import build_index, check_index
+from harness.search.base import check_index
+from harness.search.build import build_index
 from harness.search.exact import ExactIndex
 
 

@@ -5,7 +5,6 @@ import faiss
 import numpy as np
 
 from harness.errors import HarnessError
-from harness.search import base
 from harness.search.base import Index, top_k
 
 
@@ -46,7 +45,7 @@ class IVFIndex(Index):
         _, candidates = self.faiss.search(query, min(len(self.ref), k * self.rerank))
         # Exact distances for the candidates (-1: fewer found), then the k best of them; in query blocks,
         # because deep rankings (the ranking evaluator) ask for thousands of candidates per query.
-        step = max(1, base.CHUNK_BYTES // (4 * candidates.shape[1] * self.ref.shape[1]))
+        step = max(1, self.chunk_bytes // (4 * candidates.shape[1] * self.ref.shape[1]))
         scores = np.empty(candidates.shape, np.float32)
         for s in range(0, len(query), step):
             block = candidates[s:s + step]

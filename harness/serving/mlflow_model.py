@@ -14,7 +14,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
 from harness.data.images import BadImage
-from harness.serving.searcher import Searcher
+from harness.serving.searcher import SearchOptions, Searcher
 
 
 class VisualSearchModel(PythonModel):
@@ -26,13 +26,10 @@ class VisualSearchModel(PythonModel):
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame({"image": list(model_input)})
         if "image" not in frame and "text" not in frame:
             raise MlflowException("the request needs a column named 'image' (base64) or 'text'", INVALID_PARAMETER_VALUE)
-        options = {"k": params.get("k"), "within_category": bool(params.get("within_category", False)),
-                   "rerank_column": params.get("rerank_column") or None,
-                   "rerank_weight": float(params.get("rerank_weight", 0.0))}
         tables = []
         try:
             # Bounds first: a request for 10^9 answers or 10^6 rows is refused before anything is decoded.
-            options["k"] = self.searcher.check_k(options["k"])
+            options = SearchOptions.parse(self.searcher, params).kwargs()
             self.searcher.check_rows(len(frame))
             for row in range(len(frame)):
                 text = frame["text"].iloc[row] if "text" in frame else None

@@ -7,11 +7,8 @@ item id and by their path relative to the catalog root: no absolute server path 
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import json
-from dataclasses import dataclass
-from pathlib import Path, PurePath
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,99 +17,14 @@ from PIL import Image
 
 from harness.backbones import build_backbone
 from harness.config import instantiate
-from harness.data.images import BadImage, decode_image, read_bytes
 from harness.errors import HarnessError
 from harness.preprocess import build_preprocess
 from harness.projections import FittedProjection
 from harness.search import GroupedIndex
+from harness.serving.requests import MAX_TEXT_CHARS, MAX_UPLOAD_BYTES, BadQuery, SearchOptions, decode_upload, whole_number
+from harness.serving.settings import Settings
 
-MAX_UPLOAD_BYTES = 10 << 20
-MAX_TEXT_CHARS = 1000
-
-
-class BadQuery(BadImage):
-    """A query the searcher cannot answer (not an image, an empty text, words for a model without a
-    text tower): the API's 400 and the page's message."""
-
-
-@dataclass
-class Settings:
-    backbone: dict    # the run's resolved backbone config (with _target_)
-    layer: dict
-    preprocess: dict
-    metric: dict
-    k: int
-    levels: list
-    run: dict         # run id, name and score, shown by the demo
-    root: str | None = None  # the catalog root: results show image paths relative to it
-    # What one request may cost (serving.*); models logged before these existed get the defaults.
-    max_k: int = 100
-    max_rows: int = 16
-    rerank_candidates: int = 50
-
-    @classmethod
-    def from_cfg(cls, cfg, root: str | None, run: dict) -> "Settings":
-        from omegaconf import OmegaConf
-
-        def plain(node):
-            return OmegaConf.to_container(node, resolve=True)
-        return cls(plain(cfg.backbone), plain(cfg.layer), plain(cfg.preprocess), plain(cfg.metric), int(cfg.k),
-                   list(cfg.dataset.levels), run, root, int(cfg.serving.max_k), int(cfg.serving.max_rows),
-                   int(cfg.serving.rerank_candidates))
-
-
-def decode_upload(value) -> Image.Image:
-    """An uploaded image → RGB image.
-
-    Network inputs are base64 strings (a `data:` URL prefix is allowed) or raw bytes. A string is never
-    taken for a file name: a client must not make the server read, or probe for, its files. In-process
-    callers that want a file read pass a `pathlib.Path`. Sizes are checked before anything is read or
-    decoded.
-    """
-    if isinstance(value, Image.Image):
-        return value.convert("RGB")
-    if isinstance(value, np.ndarray):
-        if value.dtype != np.uint8 or value.ndim not in (2, 3):
-            raise BadImage("array images must be uint8 HxW or HxWxC")
-        if value.nbytes > 4 * MAX_UPLOAD_BYTES:
-            raise BadImage(f"array larger than {4 * MAX_UPLOAD_BYTES >> 20} MB")
-        return Image.fromarray(value).convert("RGB")
-    if isinstance(value, PurePath):
-        data = _read_file(Path(value))
-    elif isinstance(value, str):
-        payload = value.split(",", 1)[-1] if value.startswith("data:") else value
-        if len(payload) > 4 * -(-MAX_UPLOAD_BYTES // 3):  # base64 of more than MAX_UPLOAD_BYTES
-            raise BadImage(f"file larger than {MAX_UPLOAD_BYTES >> 20} MB")
-        try:
-            data = base64.b64decode(payload, validate=True)
-        except (binascii.Error, ValueError):
-            raise BadImage("not base64-encoded image data") from None
-    elif isinstance(value, (bytes, bytearray)):
-        data = bytes(value)
-    else:
-        raise BadImage(f"unsupported input type {type(value).__name__}")
-    if len(data) > MAX_UPLOAD_BYTES:
-        raise BadImage(f"file larger than {MAX_UPLOAD_BYTES >> 20} MB")
-    return decode_image(data)
-
-
-def _read_file(path: Path) -> bytes:
-    try:
-        if path.stat().st_size > MAX_UPLOAD_BYTES:
-            raise BadImage(f"file larger than {MAX_UPLOAD_BYTES >> 20} MB")
-    except OSError as exc:
-        raise BadImage(f"unreadable ({exc.strerror})") from None
-    return read_bytes(path, MAX_UPLOAD_BYTES)
-
-
-def whole_number(value, name: str) -> int:
-    """A request's count (k, rows) as an int: whole numbers only (2.0 is 2; True, 2.5 and "5" are not)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer, float, np.floating)):
-        raise BadQuery(f"{name} must be a whole number, got {value!r}")
-    if isinstance(value, (float, np.floating)) and not float(value).is_integer():
-        raise BadQuery(f"{name} must be a whole number, got {value!r}")
-    return int(value)
-
+__all__ = ["MAX_UPLOAD_BYTES", "BadQuery", "SearchOptions", "Searcher", "Settings", "decode_upload", "whole_number"]
 
 class Searcher:
     def __init__(self, settings: Settings, catalog: pd.DataFrame, features: np.ndarray,
@@ -120,7 +32,11 @@ class Searcher:
         self.settings, self.catalog = settings, catalog.reset_index(drop=True)
         self.projection = projection  # fitted on the served catalog; applied to it and to every query
         self.features = projection.transform(features) if projection is not None else features.astype(np.float32)
-        self.backbone = build_backbone({"backbone": settings.backbone, "layer": settings.layer})
+        # Models logged before the layer reached the backbone by interpolation (and before runtimes were a
+        # group) carry the layer beside it and the runtime inside it.
+        backbone = {"layer": settings.layer["name"], "pooling": settings.layer["pooling"],
+                    **{k: v for k, v in settings.backbone.items() if k != "runtime"}}
+        self.backbone = build_backbone({"backbone": backbone, "runtime": settings.runtime_spec()})
         # Ready now (OpenVINO: converted for one image), so the first shopper does not
         # wait for it or see a weights error late.
         self.backbone.prepare(1)
@@ -166,9 +82,9 @@ class Searcher:
         emb = self.backbone.embed(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2))
         return self.projection.transform(emb) if self.projection is not None else emb
 
-    def predict_category(self, query_emb: np.ndarray, votes: int = 10) -> str:
-        """An upload has no label: majority vote of its nearest catalog neighbours."""
-        _, idx = self.index.search(query_emb[None], votes)
+    def predict_category(self, query_emb: np.ndarray) -> str:
+        """An upload has no label: majority vote of its nearest catalog neighbours (serving.category_votes)."""
+        _, idx = self.index.search(query_emb[None], int(self.settings.category_votes))
         return self.catalog[self.category_level].iloc[idx[0][idx[0] >= 0]].value_counts().index[0]
 
     def path_of(self, item_ids) -> list[str]:

@@ -30,10 +30,12 @@ def signature():
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
+    from harness.serving.searcher import SearchOptions
+
+    kinds = {int: "long", bool: "boolean", str: "string", float: "double"}
     return ModelSignature(
         inputs=Schema([ColSpec("string", "image", required=False), ColSpec("string", "text", required=False)]),
-        params=ParamSchema([ParamSpec("k", "long", 5), ParamSpec("within_category", "boolean", False),
-                            ParamSpec("rerank_column", "string", ""), ParamSpec("rerank_weight", "double", 0.0)]))
+        params=ParamSchema([ParamSpec(name, kinds[kind], default) for name, kind, default in SearchOptions.spec()]))
 
 
 def log_search_model(searcher_dir: Path) -> str:

@@ -1,4 +1,4 @@
-"""OpenVINO: the CPU runtime for every backbone family.
+"""runtime=openvino: the CPU runtime for every backbone family (runtime=auto picks it on a CPU).
 
 The whole embedding path (uint8 images → normalisation → the tapped network → pooling) is converted
 once with `openvino.convert_model` for one fixed batch shape (the caller pads short batches), saved as
@@ -21,6 +21,10 @@ import torch
 from filelock import FileLock
 from torch import nn
 
+from harness.errors import HarnessError
+from harness.runtimes.base import Runtime
+from harness.runtimes.torch_eager import TorchRuntime
+
 log = logging.getLogger(__name__)
 
 
@@ -34,19 +38,6 @@ def openvino_installed() -> bool:
 
 def default_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fashion-retrieval-harness" / "openvino"
-
-
-class Embedder(nn.Module):
-    """uint8 (N, 3, H, W) → float32 (N, D): what Backbone.embed computes, as one module to convert."""
-
-    def __init__(self, network: nn.Module, mean, std, pool):
-        super().__init__()
-        self.network, self.pool = network, pool
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
-
-    def forward(self, images):
-        return self.pool(self.network((images.float() / 255.0 - self.mean) / self.std).float())
 
 
 PROBE_IMAGES = 2
@@ -184,3 +175,45 @@ def first_line(exc: Exception) -> str:
     """An exception's message in one line (OpenVINO's open with the C++ file that raised them)."""
     lines = [line for line in str(exc).splitlines() if line.strip() and not line.startswith("Exception from ")]
     return lines[0].strip()[:200] if lines else type(exc).__name__
+
+
+class OpenVINORuntime(Runtime):
+    """`cache_dir`: where converted networks are kept (default: the user's cache). A network that does not
+    convert, or answers unlike torch, runs with torch eager instead, with one warning."""
+    name = "openvino"
+    fingerprint = {"runtime": "openvino"}
+    readies_early = True
+
+    def __init__(self, cache_dir: str | None = None):
+        super().__init__()
+        self.cache_dir = cache_dir
+        self.network: OpenVINONetwork | None = None
+
+    def settings(self):
+        return ("cache_dir",)
+
+    def resolve(self, device):
+        if device.type != "cpu":
+            raise HarnessError(f"runtime=openvino runs on the CPU; this backbone is on {device}.")
+        if not openvino_installed():
+            raise HarnessError("runtime=openvino: the openvino package is not installed (pip install openvino).")
+        return self
+
+    def prepare(self, embedder, batch_size, precision, device, key):
+        cache = Path(self.cache_dir) if self.cache_dir else default_cache()
+        try:
+            self.network = OpenVINONetwork(embedder, key, batch_size, int(key["input_size"]), precision, cache)
+        except HarnessError:
+            raise
+        except UnusableNetwork as exc:  # converted, but answers unlike torch: never its features
+            log.warning("runtime=openvino: %s; running %s with torch instead", exc, key.get("arch"))
+            return TorchRuntime().prepare(embedder, batch_size, precision, device, key)
+        except Exception as exc:  # a network OpenVINO cannot convert runs with torch, and says so
+            log.warning("runtime=openvino: %s does not convert (%s); running it with torch instead",
+                        key.get("arch"), first_line(exc))
+            return TorchRuntime().prepare(embedder, batch_size, precision, device, key)
+        self.fixed_batch, self.seconds, self.ready = batch_size, self.network.seconds, True
+        return self
+
+    def run(self, images, n):
+        return self.network(images.numpy())[:n]

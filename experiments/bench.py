@@ -1,14 +1,15 @@
-"""python -m harness.bench: speed benchmarks, written to experiments/bench/*.json and printed as tables.
+"""python experiments/bench.py: speed benchmarks, written to experiments/bench/*.json and printed as tables.
 
-    python -m harness.bench extract --backbones efficientnet_lite0 resnet50 vgg16 --agreement
-    python -m harness.bench search     # exact search vs scikit-learn, N = 10k/100k, D = 1280/4096
-    python -m harness.bench ann        # IVF vs exact over 1M x 1280 clustered vectors
-    python -m harness.bench grid       # 3 backbones x 6 metrics vs extracting once per backbone
-    python -m harness.bench serve      # p50 latency of one photo query over the products catalog
-    python -m harness.bench peak       # this CPU's GEMM FLOP/s, and each runtime's share of it
-    python -m harness.bench scale      # extract.engine=ray vs local on the products catalog
+    python experiments/bench.py extract --backbones efficientnet_lite0 resnet50 vgg16 --agreement
+    python experiments/bench.py search     # exact search vs scikit-learn, N = 10k/100k, D = 1280/4096
+    python experiments/bench.py ann        # IVF vs exact over 1M x 1280 clustered vectors
+    python experiments/bench.py grid       # 3 backbones x 6 metrics vs extracting once per backbone
+    python experiments/bench.py serve      # p50 latency of one photo query over the products catalog
+    python experiments/bench.py peak       # this CPU's GEMM FLOP/s, and each runtime's share of it
+    python experiments/bench.py scale      # engine=ray vs local on the products catalog
 
-Every number is measured in the same process, on this machine, in the run that prints it.
+Every number is measured in the same process, on this machine, in the run that prints it. Every
+component comes from the project's config through `harness.pipeline.build`, as a run builds it.
 """
 from __future__ import annotations
 
@@ -23,16 +24,20 @@ import numpy as np
 import pandas as pd
 import torch
 
-from harness.backbones import build_backbone
 from harness.backbones.base import cpu_has_bf16
-from harness.backbones.runtime import openvino_installed
-from harness.config import ROOT, compose_config, instantiate
+from harness.config import CONFIG_DIR, ROOT, compose_config, instantiate
 from harness.data.images import decode_image
 from harness.extract import extract
-from harness.preprocess import build_preprocess
+from harness.pipeline import Pipeline, build
+from harness.runtimes.openvino import openvino_installed
 from harness.store import FeatureStore
 
 DEFAULT_CATALOG = ROOT.parent / "shared" / "data" / "fashion-products"
+
+
+def pipeline(*overrides: str) -> Pipeline:
+    """The run's components for these overrides, built as a run builds them (nothing tracked)."""
+    return build(compose_config(*overrides, "tracker=none"))
 
 
 ISA = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "amx_tile")
@@ -76,16 +81,14 @@ def plain_loop(backbone, preprocess, paths: list[str]) -> float:
     return len(paths) / (time.perf_counter() - t0)
 
 
-def harness_path(cfg, paths: list[str], batch_size: int, precision: str = "auto", compile: bool = False,
-                 runtime: str | None = None):
+def harness_path(pipe: Pipeline, paths: list[str], batch_size: int | None = None):
     """`extract` into an empty store, as a run does. Returns its Features (rates from embed_seconds)."""
-    backbone = build_backbone(cfg, precision=precision, compile=compile, **({"runtime": runtime} if runtime else {}))
     with tempfile.TemporaryDirectory() as tmp:
         store = FeatureStore(str(Path(tmp) / "f.sqlite"))
-        feats = extract(paths, backbone, build_preprocess(cfg.preprocess, backbone), store, batch_size=batch_size,
-                        num_workers=cfg.extract.num_workers, progress=False)
+        feats = extract(paths, pipe.backbone, pipe.preprocess, store, batch_size=batch_size or pipe.cfg.extract.batch_size,
+                        progress=False, engine=pipe.engine)
         store.close()
-    feats.runtime = backbone.runtime  # what actually ran (a network that does not convert falls back to torch)
+    feats.runtime = pipe.backbone.runtime.name  # what actually ran (a network that does not convert falls back)
     return feats
 
 
@@ -105,16 +108,16 @@ def backbone_spec(entry: str) -> tuple[str, list[str]]:
     return name, [f"backbone.{kv}" for kv in rest.split(",") if kv]
 
 
-def runtimes(compile: bool) -> dict[str, dict]:
-    """The ways to run a network: torch eager (the CPU's default precision, and fp32), torch compiled,
-    OpenVINO fp32 and, where the CPU has bf16, OpenVINO bf16."""
-    out = {"torch": {"runtime": "torch"}, "torch_fp32": {"runtime": "torch", "precision": "fp32"}}
+def runtimes(compile: bool) -> dict[str, tuple[str, list[str]]]:
+    """The ways to run a network, as (runtime that should run, overrides): torch eager (the CPU's default
+    precision, and fp32), torch compiled, OpenVINO fp32 and, where the CPU has bf16, OpenVINO bf16."""
+    out = {"torch": ("torch", ["runtime=torch"]), "torch_fp32": ("torch", ["runtime=torch", "backbone.precision=fp32"])}
     if compile:
-        out["torch_compiled"] = {"runtime": "torch", "compile": True}
+        out["torch_compiled"] = ("inductor", ["runtime=inductor"])
     if openvino_installed():
-        out["openvino_fp32"] = {"runtime": "openvino", "precision": "fp32"}
+        out["openvino_fp32"] = ("openvino", ["runtime=openvino", "backbone.precision=fp32"])
         if cpu_has_bf16():
-            out["openvino_bf16"] = {"runtime": "openvino", "precision": "bf16"}
+            out["openvino_bf16"] = ("openvino", ["runtime=openvino", "backbone.precision=bf16"])
     return out
 
 
@@ -125,20 +128,19 @@ def bench_extract(args) -> list[dict]:
     for entry in args.backbones:
         name, overrides = backbone_spec(entry)
         weights = "imagenet" if name == "efficientnet_lite0" else "random"
-        cfg = compose_config(f"backbone={name}", f"backbone.weights={weights}", *overrides)
+        common = (f"backbone={name}", f"backbone.weights={weights}", *overrides)
         n = args.images if name != "vgg16" and name != "vgg19" else min(args.images, 512)
         paths = catalog_paths(args.catalog, n)
-        backbone = build_backbone(cfg, runtime="torch")
+        plain = pipeline(*common, "runtime=torch")
+        backbone = plain.backbone
         rates: dict[str, list[float]] = {"plain_fp32_loop": []} if args.plain_images else {}
         prepare = {}
         for _ in range(args.rounds):
             if args.plain_images:
-                rates["plain_fp32_loop"].append(plain_loop(backbone, build_preprocess(cfg.preprocess, backbone),
-                                                           paths[: args.plain_images]))
-            for label, settings in variants.items():
-                feats = harness_path(cfg, paths, args.batch_size, settings.get("precision", "auto"),
-                                     settings.get("compile", False), settings["runtime"])
-                rates.setdefault(label if feats.runtime == settings["runtime"] else f"{label}_fell_back", []).append(
+                rates["plain_fp32_loop"].append(plain_loop(backbone, plain.preprocess, paths[: args.plain_images]))
+            for label, (runtime, settings) in variants.items():
+                feats = harness_path(pipeline(*common, *settings), paths, args.batch_size)
+                rates.setdefault(label if feats.runtime == runtime else f"{label}_fell_back", []).append(
                     feats.extracted / feats.embed_seconds)
                 prepare.setdefault(label, round(feats.compile_seconds, 1))  # the first round: converting/compiling
         median = {k: round(float(np.median(v)), 1) for k, v in rates.items()}
@@ -153,15 +155,14 @@ def bench_extract(args) -> list[dict]:
         rows.append(row)
         print(row, flush=True)
     for name in args.agreement:
-        cfg = compose_config(f"backbone={name}", f"backbone.weights={'imagenet' if name == 'efficientnet_lite0' else 'random'}")
+        common = (f"backbone={name}", f"backbone.weights={'imagenet' if name == 'efficientnet_lite0' else 'random'}")
         paths = catalog_paths(args.catalog, None)
-        reference = harness_path(cfg, paths, args.batch_size, "fp32", runtime="torch").emb
+        reference = harness_path(pipeline(*common, *variants["torch_fp32"][1]), paths, args.batch_size).emb
         row = {"backbone": name, "images": len(paths), "top5_agreement_with_torch_fp32": {}}
-        for label, settings in variants.items():
+        for label, (_, settings) in variants.items():
             if label in ("torch_fp32", "torch_compiled"):
                 continue
-            emb = harness_path(cfg, paths, args.batch_size, settings.get("precision", "auto"),
-                               settings.get("compile", False), settings["runtime"]).emb
+            emb = harness_path(pipeline(*common, *settings), paths, args.batch_size).emb
             row["top5_agreement_with_torch_fp32"][label] = round(topk_agreement(reference, emb), 4)
         rows.append(row)
         print(row, flush=True)
@@ -189,8 +190,8 @@ def bench_peak(args) -> list[dict]:
     rows = [{"backbone": "GEMM 4096^3", **{f"{p}_gemm_gflops": round(v, 1) for p, v in peak.items()}}]
     print(rows[-1], flush=True)
     for name in args.backbones:
-        cfg = compose_config(f"backbone={name}", "backbone.weights=random")
-        counted = build_backbone(cfg, runtime="torch", precision="fp32")
+        common = (f"backbone={name}", "backbone.weights=random")
+        counted = pipeline(*common, "runtime=torch", "backbone.precision=fp32").backbone
         images = torch.randint(0, 256, (args.batch_size, 3, counted.input_size, counted.input_size), dtype=torch.uint8)
         with FlopCounterMode(display=False) as counter:
             counted.embed(images[:1])
@@ -198,8 +199,8 @@ def bench_peak(args) -> list[dict]:
         row = {"backbone": name, "gflop_per_image": round(gflop, 2), "batch_size": args.batch_size,
                "ceiling_images_per_s": {p: round(v / gflop, 1) for p, v in peak.items()},
                "forward_images_per_s": {}, "share_of_ceiling": {}}
-        for label, settings in runtimes(compile=False).items():
-            backbone = build_backbone(cfg, runtime=settings["runtime"], precision=settings.get("precision", "auto"))
+        for label, (_, settings) in runtimes(compile=False).items():
+            backbone = pipeline(*common, *settings).backbone
             backbone.prepare(args.batch_size)
             backbone.embed(images)
             done, t0 = 0, time.perf_counter()
@@ -215,8 +216,8 @@ def bench_peak(args) -> list[dict]:
     return rows
 
 
-METRICS = {"euclidean": {}, "cosine": {}, "correlation": {}, "manhattan": {}, "chebyshev": {},
-           "minkowski": {"p": 3}}
+METRICS = sorted(p.stem for p in (CONFIG_DIR / "metric").glob("*.yaml"))  # every conf/metric option
+METRIC_OVERRIDES = {"minkowski": ["metric.p=3"]}  # p=2 would be euclidean again
 
 
 def clustered(n: int, d: int, seed: int, centres: int = 1000) -> np.ndarray:
@@ -247,7 +248,7 @@ def _timed(fn, *args):
 
 
 def bench_search(args) -> list[dict]:
-    from sklearn.neighbors import NearestNeighbors
+    from sklearn.neighbors import VALID_METRICS, NearestNeighbors
 
     from harness.search import build_index
 
@@ -256,11 +257,17 @@ def bench_search(args) -> list[dict]:
         for d in args.dims:
             ref, query = clustered(n, d, 0), clustered(args.queries, d, 1)
             for name in args.metrics:
-                metric = instantiate(compose_config(f"metric={name}", *[f"metric.{k}={v}" for k, v in METRICS[name].items()]).metric)
+                metric = instantiate(compose_config(f"metric={name}", *METRIC_OVERRIDES.get(name, [])).metric)
                 index, build_s, _ = _timed(build_index, ref, metric)
                 (dist, idx), secs, mem = _timed(index.search, query, args.k)
                 del index
-                nn = NearestNeighbors(n_neighbors=args.k, algorithm="brute", metric=name, **METRICS[name]).fit(ref)
+                if name not in VALID_METRICS["brute"]:  # a metric of our own: nothing to compare with
+                    rows.append({"n": n, "dim": d, "metric": repr(metric), "queries": len(query),
+                                 "harness_qps": round(len(query) / secs, 1), "harness_build_s": round(build_s, 2)})
+                    print(rows[-1], flush=True)
+                    continue
+                params = {"p": metric.p} if hasattr(metric, "p") else {}
+                nn = NearestNeighbors(n_neighbors=args.k, algorithm="brute", metric=name, **params).fit(ref)
                 # scikit-learn is timed on a prefix of the queries where it is slow: 10, then batches of 100
                 m, t0 = 0, time.perf_counter()
                 sk_idx = []
@@ -294,7 +301,7 @@ def bench_ann(args) -> list[dict]:
     for kind in args.kinds:
         t0 = time.perf_counter()
         params = {"nlist": args.nlist, "codec": args.codec, "rerank": args.rerank} if kind == "ivf" else {}
-        index = build_index(ref, metric, kind, **params)
+        index = build_index(ref, metric, instantiate(compose_config(f"search={kind}").search.index), **params)
         build_s = time.perf_counter() - t0
         for nprobe in args.nprobe if kind == "ivf" else [None]:
             if nprobe:
@@ -329,8 +336,7 @@ def bench_grid(args) -> list[dict]:
     paths = catalog_paths(args.catalog, None)
     t0 = time.perf_counter()
     for name in args.backbones:
-        cfg = compose_config(f"backbone={name}", "backbone.weights=random")
-        harness_path(cfg, paths, cfg.extract.batch_size)
+        harness_path(pipeline(f"backbone={name}", "backbone.weights=random"), paths)
     extract_s = time.perf_counter() - t0
     row = {"runs": 6 * len(args.backbones), "backbones": " ".join(args.backbones), "images": len(paths),
            "grid_seconds": round(grid_s, 1), "extract_once_seconds": round(extract_s, 1),
@@ -346,15 +352,14 @@ def products_searcher(catalog: Path, *overrides: str):
     from harness.serving.package import served_parts
     from harness.serving.searcher import Searcher
 
-    cfg = compose_config("dataset=products", f"dataset.root={catalog}", *overrides)
-    catalog = instantiate(cfg.dataset).load()
+    pipe = pipeline("dataset=products", f"dataset.root={catalog}", "extract.progress=false", *overrides)
+    catalog = pipe.dataset.load()
     items = catalog.items
-    backbone = build_backbone(cfg)
-    store = FeatureStore(cfg.store.path, cfg.store.dtype)
-    feats = extract(items["path"].tolist(), backbone, build_preprocess(cfg.preprocess, backbone), store, progress=False)
+    store = pipe.open_store()
+    feats = pipe.extract(catalog, store)
     store.close()
     served, _ = restrict(catalog, [], feats.valid)
-    return Searcher(*served_parts(cfg, served, feats.emb[feats.valid], run={"run_id": "bench"})), items
+    return Searcher(*served_parts(pipe.cfg, served, feats.emb[feats.valid], run={"run_id": "bench"})), items
 
 
 def bench_serve(args) -> list[dict]:
@@ -376,15 +381,12 @@ def bench_serve(args) -> list[dict]:
 
 
 def bench_scale(args) -> list[dict]:
-    """extract.engine=ray against the local engine on the same images, fresh stores, interleaved rounds.
+    """engine=ray against the local engine on the same images, fresh stores, interleaved rounds.
     images/s leaves out Ray's start-up (connecting, starting workers, building their networks, the
     first batch), reported apart; per-worker rates feed the README's cost model."""
-    from harness.extract import build_engine, worker_config
-
-    variants = {"local": ["extract.engine=local"]}
+    variants = {"local": ["engine=local"]}
     for workers, cpus in args.ray:
-        variants[f"ray_{workers}x{cpus}cpu"] = ["extract.engine=ray", f"extract.ray.workers={workers}",
-                                                f"extract.ray.num_cpus={cpus}"]
+        variants[f"ray_{workers}x{cpus}cpu"] = ["engine=ray", f"engine.workers={workers}", f"engine.num_cpus={cpus}"]
     base = ("dataset=products", f"dataset.root={args.catalog}", f"backbone={args.backbone}",
             f"dataset.limit={args.images or 'null'}")
     rates: dict[str, list[float]] = {}
@@ -393,15 +395,8 @@ def bench_scale(args) -> list[dict]:
     reference = None
     for r in range(args.rounds):
         for label, settings in variants.items():
-            cfg = compose_config(*base, *settings)
-            paths = instantiate(cfg.dataset).load().items["path"].tolist()
-            backbone = build_backbone(cfg)
-            with tempfile.TemporaryDirectory() as tmp:
-                store = FeatureStore(str(Path(tmp) / "f.sqlite"))
-                feats = extract(paths, backbone, build_preprocess(cfg.preprocess, backbone), store,
-                                batch_size=cfg.extract.batch_size, progress=False,
-                                engine=build_engine(cfg.extract, worker_config(cfg)))
-                store.close()
+            pipe = pipeline(*base, *settings)
+            feats = harness_path(pipe, pipe.dataset.load().items["path"].tolist())
             m = feats.metrics()
             rates.setdefault(label, []).append(round(m["images_per_second"], 1))
             if "engine_startup_seconds" in m:
@@ -426,7 +421,7 @@ def bench_scale(args) -> list[dict]:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m harness.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python experiments/bench.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="section", required=True)
     ex = sub.add_parser("extract", help="extraction images/s: plain fp32 loop vs the harness path")
@@ -438,7 +433,7 @@ def main(argv=None):
     ex.add_argument("--batch-size", type=int, default=8)
     ex.add_argument("--agreement", nargs="*", default=[], metavar="BACKBONE",
                     help="also each runtime's top-5 agreement with torch fp32 over the whole catalog")
-    ex.add_argument("--compile", action="store_true", help="also torch with extract.compile=true")
+    ex.add_argument("--compile", action="store_true", help="also runtime=inductor (TorchInductor)")
     ex.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians reported)")
     se = sub.add_parser("search", help="exact search queries/s per metric vs scikit-learn brute force")
     se.add_argument("--n", type=int, nargs="+", default=[10_000, 100_000])
@@ -466,7 +461,7 @@ def main(argv=None):
     pk.add_argument("--backbones", nargs="+", default=["efficientnet_lite0", "resnet50", "vgg16"])
     pk.add_argument("--batch-size", type=int, default=8)
     pk.add_argument("--seconds", type=float, default=15.0)
-    sc = sub.add_parser("scale", help="extract.engine=ray vs local on the products catalog")
+    sc = sub.add_parser("scale", help="engine=ray vs local on the products catalog")
     sc.add_argument("--catalog", type=Path, default=DEFAULT_CATALOG)
     sc.add_argument("--backbone", default="efficientnet_lite0")
     sc.add_argument("--images", type=int, default=0, help="0: the whole catalog")

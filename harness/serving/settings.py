@@ -1,0 +1,43 @@
+"""A served searcher's settings: what the run was (extractor, metric, labels) and what a request may cost."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+@dataclass
+class Settings:
+    backbone: dict    # the run's resolved backbone config (with _target_)
+    layer: dict
+    preprocess: dict
+    metric: dict
+    k: int
+    levels: list
+    run: dict         # run id, name and score, shown by the demo
+    root: str | None = None  # the catalog root: results show image paths relative to it
+    # What one request may cost (serving.*); models logged before these existed get the defaults.
+    max_k: int = 100
+    max_rows: int = 16
+    rerank_candidates: int = 50
+    category_votes: int = 10   # neighbours whose majority is an upload's category (within_category)
+    # What embeds the queries (conf/runtime); models logged before runtimes were a config group named
+    # theirs in backbone["runtime"] ("auto" | "torch" | "openvino").
+    runtime: dict | None = None
+
+    @classmethod
+    def from_cfg(cls, cfg, root: str | None, run: dict) -> "Settings":
+        from omegaconf import OmegaConf
+
+        def plain(node):
+            return OmegaConf.to_container(node, resolve=True)
+        runtime = plain(cfg.runtime)
+        runtime.pop("cache_dir", None)  # the serving machine's own cache, not the training machine's folder
+        serving = cfg.serving
+        return cls(plain(cfg.backbone), plain(cfg.layer), plain(cfg.preprocess), plain(cfg.metric), int(cfg.k),
+                   list(cfg.dataset.levels), run, root, int(serving.max_k), int(serving.max_rows),
+                   int(serving.rerank_candidates), int(serving.category_votes), runtime)
+
+    def runtime_spec(self) -> dict:
+        if self.runtime is not None:
+            return self.runtime
+        legacy = self.backbone.get("runtime", "auto")
+        name = {"torch": "torch_eager.TorchRuntime", "openvino": "openvino.OpenVINORuntime"}.get(legacy, "auto.AutoRuntime")
+        return {"_target_": f"harness.runtimes.{name}"}
