@@ -91,7 +91,7 @@ def test_a_killed_worker_loses_and_repeats_nothing(cluster, tmp_path, cfg_factor
     catalog = make_catalog(tmp_path / "catalog", per_class=8)
     cfg = cfg_factory("dataset=products", f"dataset.root={catalog}", "backbone=resnet50", "backbone.weights=random",
                       "runtime=torch", "backbone.precision=fp32", "extract.batch_size=2",
-                      f"extract.ray.address={cluster.address}", "engine=ray")
+                      f"engine.address={cluster.address}", "engine=ray")
     store_path = tmp_path / "f.sqlite"
     out, errors = {}, []
 

@@ -43,6 +43,11 @@ class SweepCallback(Callback):
         self.run_id: str | None = None
         self.tracker: MlflowTracker | None = None
 
+    def __getstate__(self):
+        """A launcher that runs jobs elsewhere (Ray, joblib) ships the callbacks with them: the sweep's
+        bookkeeping goes, its tracker (a heartbeat thread) stays with the process that opened the sweep."""
+        return {**self.__dict__, "tracker": None}
+
     def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:
         if job_return.status != JobStatus.COMPLETED or isinstance(job_return._return_value, HarnessError):
             self.failures.append(" ".join(config.hydra.overrides.task))
