@@ -7,6 +7,7 @@
     python experiments/bench.py serve      # p50 latency of one photo query over the products catalog
     python experiments/bench.py peak       # this CPU's GEMM FLOP/s, and each runtime's share of it
     python experiments/bench.py scale      # engine=ray vs local on the products catalog
+    python experiments/bench.py decode --quality   # JPEG scaled vs full decoding on 1080x1440 copies
 
 Every number is measured in the same process, on this machine, in the run that prints it. Every
 component comes from the project's config through `harness.pipeline.build`, as a run builds it.
@@ -92,6 +93,13 @@ def harness_path(pipe: Pipeline, paths: list[str], batch_size: int | None = None
     return feats
 
 
+def where_the_time_went(feats) -> dict:
+    """The feature stage's wall seconds per stage in this process, and CPU seconds per stage summed over
+    the decoding processes (read, decode, preprocess) and the network (embed)."""
+    return {"wall": {k: round(v, 2) for k, v in feats.stages.items()},
+            "cpu": {k: round(v, 2) for k, v in feats.cpu_seconds.items()}}
+
+
 def topk_agreement(a: np.ndarray, b: np.ndarray, k: int = 5) -> float:
     """Mean share of the cosine top-k (leave-one-out over the catalog) that two feature sets share."""
     from harness.metrics import Cosine
@@ -134,7 +142,7 @@ def bench_extract(args) -> list[dict]:
         plain = pipeline(*common, "runtime=torch")
         backbone = plain.backbone
         rates: dict[str, list[float]] = {"plain_fp32_loop": []} if args.plain_images else {}
-        prepare = {}
+        prepare, breakdown = {}, {}
         for _ in range(args.rounds):
             if args.plain_images:
                 rates["plain_fp32_loop"].append(plain_loop(backbone, plain.preprocess, paths[: args.plain_images]))
@@ -143,12 +151,13 @@ def bench_extract(args) -> list[dict]:
                 rates.setdefault(label if feats.runtime == runtime else f"{label}_fell_back", []).append(
                     feats.extracted / feats.embed_seconds)
                 prepare.setdefault(label, round(feats.compile_seconds, 1))  # the first round: converting/compiling
+                breakdown[label] = where_the_time_went(feats)  # the last round's
         median = {k: round(float(np.median(v)), 1) for k, v in rates.items()}
         row = {"backbone": entry, "arch": backbone.arch, "weights": weights, "images": len(paths),
                "input_size": backbone.input_size, "dim": backbone.dim if weights == "random" else None,
                "batch_size": args.batch_size, "default_precision": backbone.precision, "rounds": args.rounds,
                "images_per_s": median, "all_rounds": {k: [round(x, 1) for x in v] for k, v in rates.items()},
-               "first_prepare_seconds": prepare}
+               "first_prepare_seconds": prepare, "seconds_per_stage": breakdown}
         if args.plain_images:
             row["speedup_vs_plain"] = {k: round(v / median["plain_fp32_loop"], 2) for k, v in median.items()
                                        if k != "plain_fp32_loop"}
@@ -380,6 +389,63 @@ def bench_serve(args) -> list[dict]:
     return [row]
 
 
+def bench_decode(args) -> list[dict]:
+    """Decoding at the network's scale: images/s with JPEG DCT-scaled decoding vs full decoding, on
+    catalog-resolution photos (`experiments/make_large_catalog.py`) and on the thumbnails they were made
+    from, interleaved rounds in one process; then, with the real efficientnet_lite0 weights, the products
+    P@5 (holdout and 10-fold) from scaled vs full decoding of the large photos and their top-5 agreement."""
+    from harness.run import run
+
+    catalogs = {"large": args.large, "thumbnails": args.catalog}
+    variants = {"scaled": ["preprocess.scaled_decode=true"], "scaled_gap2": ["preprocess.decode_gap=2"],
+                "full": ["preprocess.scaled_decode=false"]}
+    rows = []
+    for name in args.backbones:
+        common = (f"backbone={name}", f"backbone.weights={'imagenet' if name == 'efficientnet_lite0' else 'random'}")
+        rates: dict[str, list[float]] = {}
+        breakdown = {}
+        for _ in range(args.rounds):
+            for catalog, root in catalogs.items():
+                paths = catalog_paths(root, args.images)
+                for label, settings in variants.items():
+                    feats = harness_path(pipeline(*common, *settings), paths)
+                    rates.setdefault(f"{catalog}_{label}", []).append(round(feats.extracted / feats.embed_seconds, 1))
+                    breakdown[f"{catalog}_{label}"] = where_the_time_went(feats)
+        median = {k: float(np.median(v)) for k, v in rates.items()}
+        row = {"backbone": name, "images": args.images, "rounds": args.rounds, "images_per_s": median,
+               "all_rounds": rates,
+               "large_scaled_vs_full": round(median["large_scaled"] / median["large_full"], 3),
+               "large_scaled_gap2_vs_full": round(median["large_scaled_gap2"] / median["large_full"], 3),
+               "large_scaled_vs_thumbnails": round(median["large_scaled"] / median["thumbnails_scaled"], 3),
+               "thumbnails_scaled_vs_full": round(median["thumbnails_scaled"] / median["thumbnails_full"], 3),
+               "seconds_per_stage": breakdown}
+        rows.append(row)
+        print(row, flush=True)
+    if args.quality:
+        with tempfile.TemporaryDirectory() as tmp:
+            scores, emb = {}, {}
+            for label, settings in variants.items():
+                for protocol in ("holdout", "kfold"):
+                    cfg = compose_config("dataset=products", f"dataset.root={args.large}", f"protocol={protocol}",
+                                         "extract.progress=false", "tracker=none", f"paths.root={tmp}/{label}", *settings,
+                                         *(["protocol.folds=10"] if protocol == "kfold" else []))
+                    metrics = run(cfg)
+                    for level in ("category", "subcategory"):
+                        key = f"{level}_precision_at_5" + ("_mean" if protocol == "kfold" else "")
+                        scores[f"{protocol}_{level}_p5_{label}"] = metrics[key]
+                emb[label] = harness_path(pipeline("dataset=products", f"dataset.root={args.large}", *settings,
+                                                   f"paths.root={tmp}/{label}"), catalog_paths(args.large, None)).emb
+            row = {"quality": "efficientnet_lite0 imagenet, large photos", **{k: round(v, 4) for k, v in scores.items()},
+                   **{f"max_abs_p5_difference_{label}": round(max(abs(scores[k] - scores[k.replace(label, "full")])
+                                                                  for k in scores if k.endswith(f"_{label}")), 4)
+                      for label in variants if label != "full"},
+                   **{f"top5_agreement_{label}_vs_full": round(topk_agreement(emb[label], emb["full"]), 4)
+                      for label in variants if label != "full"}}
+            rows.append(row)
+            print(row, flush=True)
+    return rows
+
+
 def bench_scale(args) -> list[dict]:
     """engine=ray against the local engine on the same images, fresh stores, interleaved rounds.
     images/s leaves out Ray's start-up (connecting, starting workers, building their networks, the
@@ -468,13 +534,21 @@ def main(argv=None):
     sc.add_argument("--ray", type=lambda v: tuple(int(x) for x in v.split("x")), nargs="+", default=[(2, 1), (1, 1)],
                     metavar="WORKERSxCPUS", help="Ray variants, e.g. 2x1 (two workers of one CPU each)")
     sc.add_argument("--rounds", type=int, default=2)
+    dc = sub.add_parser("decode", help="JPEG DCT-scaled vs full decoding, large photos and thumbnails")
+    dc.add_argument("--large", type=Path, default=Path("/tmp/fashion-products-1080x1440"),
+                    help="a copy made by experiments/make_large_catalog.py")
+    dc.add_argument("--catalog", type=Path, default=DEFAULT_CATALOG, help="the thumbnails it was made from")
+    dc.add_argument("--backbones", nargs="+", default=["efficientnet_lite0", "resnet50"])
+    dc.add_argument("--images", type=int, default=512)
+    dc.add_argument("--rounds", type=int, default=3)
+    dc.add_argument("--quality", action="store_true", help="also P@5 and top-5 agreement on the whole large copy")
     for p in sub.choices.values():
         p.add_argument("--k", type=int, default=5)
         p.add_argument("--out", type=Path, default=ROOT / "experiments" / "bench")
         p.add_argument("--name", help="JSON file name (default: the section's)")
     args = parser.parse_args(argv)
     sections = {"extract": bench_extract, "search": bench_search, "ann": bench_ann, "grid": bench_grid,
-                "serve": bench_serve, "peak": bench_peak, "scale": bench_scale}
+                "serve": bench_serve, "peak": bench_peak, "scale": bench_scale, "decode": bench_decode}
     rows = sections[args.section](args)
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"section": args.section, "machine": machine(), "date": time.strftime("%Y-%m-%d"), "rows": rows}

@@ -33,6 +33,8 @@ class Features:
     hashes: list = field(default_factory=list)  # content hash per image (None if unreadable)
     engine: dict = field(default_factory=dict)  # what the engine reports (start-up seconds, nodes, workers)
     rate_images: int | None = None  # images behind images/s (an engine's start-up batch left out)
+    stages: dict = field(default_factory=dict)       # this process's wall seconds per stage: they sum to `seconds`
+    cpu_seconds: dict = field(default_factory=dict)  # read/decode/preprocess/embed summed over every process
 
     def metrics(self) -> dict[str, float]:
         """What a run logs about its feature stage; images/s excludes compiling and counts decoding."""
@@ -46,7 +48,23 @@ class Features:
             out["compile_seconds"] = self.compile_seconds
         if self.wait_seconds:
             out["shared_wait_seconds"] = self.wait_seconds
+        out.update({f"stage_seconds/{k}": v for k, v in self.stages.items()})
+        out.update({f"cpu_seconds/{k}": v for k, v in self.cpu_seconds.items()})
         return out
+
+
+class Stages:
+    """Wall time split into named stages, back to back: `lap(name)` charges the time since the last lap."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self.last = time.perf_counter()
+
+    def lap(self, name: str) -> float:
+        now = time.perf_counter()
+        spent, self.last = now - self.last, now
+        self.seconds[name] = self.seconds.get(name, 0.0) + spent
+        return spent
 
 
 NON_FINITE = "the network returned NaN or infinity for it"
@@ -83,7 +101,9 @@ def extract(paths: list[str], backbone: Backbone, preprocess, store: FeatureStor
 
         engine = LocalEngine(num_workers=num_workers)
     t0 = time.perf_counter()
+    stages = Stages()
     hashes, failed = hash_files(paths)
+    stages.lap("hash")  # reading every file once, for its content hash
     prepare_seconds = 0.0
     while True:
         fingerprint, description = describe({**backbone.fingerprint, "store_dtype": store.dtype.name},
@@ -94,14 +114,19 @@ def extract(paths: list[str], backbone: Backbone, preprocess, store: FeatureStor
             if h and h not in cached and h not in todo:
                 todo[h] = i
         before = backbone.fingerprint
+        stages.lap("store")
         # Compile or convert the network only when there is something to embed; a network that does not
         # convert runs with another runtime, whose features are another fingerprint's: look again.
         prepare_seconds += backbone.prepare(batch_size) if todo else 0.0
+        stages.lap("prepare")
         if backbone.fingerprint == before:
             break
     dim = store.dim(fingerprint) or backbone.dim  # from the store when known: the network may never be built
+    stages.lap("prepare")
     store.register(fingerprint, description, dim)
+    stages.lap("store")
     t_embed, waited, embedded, duplicates = time.perf_counter(), 0.0, 0, 0
+    engine_embed = engine.driver_embed_seconds
     owner = f"{liveness.me()}:{uuid.uuid4().hex[:8]}"
     if todo:
         log.info("extracting %d images with %s (%s, %s); %d from the feature store", len(todo), backbone.arch,
@@ -116,7 +141,9 @@ def extract(paths: list[str], backbone: Backbone, preprocess, store: FeatureStor
                     return {i for i in rows if hashes[i] in mine}
 
                 job = Job(paths, pending, hashes, backbone, preprocess, batch_size, claim)
+                stages.lap("store")
                 for results in engine.batches(job):
+                    stages.lap("batches")  # waiting for decoded batches (or for the cluster), embedding here
                     new, vecs = [], []
                     for i, digest, vec, reason in results:
                         if not reason and not np.isfinite(vec).all():
@@ -134,6 +161,8 @@ def extract(paths: list[str], backbone: Backbone, preprocess, store: FeatureStor
                         cached.update(zip(new, vecs.astype(store.dtype).astype(np.float32)))
                         embedded += len(new)
                     bar.update(len(results))
+                    stages.lap("store")
+                stages.lap("batches")
                 # What other runs held: read it as it lands; claim it if its owner died or its lease ran out.
                 t_wait = time.perf_counter()
                 pending = [i for i in pending if hashes[i] not in cached and i not in failed]
@@ -146,8 +175,10 @@ def extract(paths: list[str], backbone: Backbone, preprocess, store: FeatureStor
                         break
                     time.sleep(0.5)
                 waited += time.perf_counter() - t_wait
+                stages.lap("shared_wait")
         finally:
             store.release(fingerprint, owner)
+            stages.lap("store")
     startup = engine.metrics.get("engine_startup_seconds", 0.0)
     embed_seconds = time.perf_counter() - t_embed - waited - startup
     if duplicates:
@@ -166,7 +197,15 @@ def extract(paths: list[str], backbone: Backbone, preprocess, store: FeatureStor
             failed[i] = "duplicate of a skipped file"
     skipped = [(paths[i], failed[i]) for i in sorted(failed)]
     check_features(emb, valid, failed, backbone)
+    stages.lap("assemble")
+    # Embedding in this process happened while the engine's batches were awaited: split it out.
+    embed_here = engine.driver_embed_seconds - engine_embed
+    seconds = {k: v for k, v in stages.seconds.items() if v > 0}
+    if embed_here and "batches" in seconds:
+        seconds["embed"] = embed_here
+        seconds["batches"] = max(0.0, seconds["batches"] - embed_here)
     return Features(emb, valid, skipped, extracted=embedded, seconds=time.perf_counter() - t0,
                     embed_seconds=embed_seconds, wait_seconds=waited, compile_seconds=prepare_seconds,
                     fingerprint=fingerprint, hashes=hashes, engine=engine.metrics,
-                    rate_images=embedded - min(engine.startup_images, embedded))
+                    rate_images=embedded - min(engine.startup_images, embedded),
+                    stages=seconds, cpu_seconds=dict(engine.cpu_seconds))

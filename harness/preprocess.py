@@ -39,22 +39,43 @@ RESAMPLING = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": I
 
 
 class Preprocess:
-    """`size` and `interpolation` default to what the backbone was trained with (build_preprocess)."""
+    """`size` and `interpolation` default to what the backbone was trained with (build_preprocess).
+    `scaled_decode`: JPEGs are decoded at the smallest DCT scale that still gives this preprocessing
+    at least `decode_gap` × `size` pixels where it needs them (`decode_scale`), never fewer (a gap of
+    2 is Pillow's own `thumbnail` rule: closer to a full decode, slower)."""
     name = "base"
 
-    def __init__(self, size: int = 224, interpolation: str = "bilinear"):
+    def __init__(self, size: int = 224, interpolation: str = "bilinear", scaled_decode: bool = True,
+                 decode_gap: float = 1.0):
         if interpolation not in RESAMPLING:
             raise HarnessError(f"preprocess.interpolation must be one of {', '.join(RESAMPLING)}, got {interpolation!r}.")
+        if isinstance(decode_gap, bool) or not isinstance(decode_gap, (int, float)) or decode_gap < 1:
+            raise HarnessError(f"preprocess.decode_gap must be a number >= 1, got {decode_gap!r}.")
         self.size, self.interpolation = int(size), interpolation
         self.resample = RESAMPLING[interpolation]
+        self.scaled_decode, self.decode_gap = bool(scaled_decode), float(decode_gap)
 
     def __call__(self, img: Image.Image) -> Image.Image:
         raise NotImplementedError
 
+    def needs(self, width: int, height: int) -> float:
+        """The factor of a width x height image this preprocessing needs to keep all its detail."""
+        return 1.0
+
+    @property
+    def decode_scale(self):
+        """What the decoder may shrink to (`harness.data.images.decode_image`), or None: decode in full."""
+        if not self.scaled_decode or type(self).needs is Preprocess.needs:
+            return None
+        return lambda width, height: self.decode_gap * self.needs(width, height)
+
     def fingerprint(self) -> dict:
-        out = {"preprocess": self.name, **{k: v for k, v in vars(self).items() if k != "resample"}}
+        out = {"preprocess": self.name,
+               **{k: v for k, v in vars(self).items() if k not in ("resample", "scaled_decode", "decode_gap")}}
         if out["interpolation"] == "bilinear":
             del out["interpolation"]  # every feature stored before interpolation became a setting was bilinear
+        if self.decode_scale is not None:  # large JPEGs decode to other pixels: their features are stored apart
+            out["decode"] = "scaled" if self.decode_gap == 1 else f"scaled:{self.decode_gap:g}"
         return out
 
 
@@ -70,6 +91,9 @@ class Resize(Preprocess):
     """Stretch to size×size, as the study did."""
     name = "resize"
 
+    def needs(self, width, height):
+        return self.size / min(width, height)  # both sides stretched to size
+
     def __call__(self, img):
         return img.resize((self.size, self.size), self.resample)
 
@@ -77,6 +101,9 @@ class Resize(Preprocess):
 class Pad(Preprocess):
     """Keep the aspect ratio: pad to a square with the background colour, then resize."""
     name = "pad"
+
+    def needs(self, width, height):
+        return self.size / max(width, height)  # the long side becomes size
 
     def __call__(self, img):
         return pad_to_square(img, border_colour(img)).resize((self.size, self.size), self.resample)
@@ -86,9 +113,13 @@ class CenterCrop(Preprocess):
     """ImageNet evaluation style: shorter side to size/crop_fraction, then the central size×size."""
     name = "center_crop"
 
-    def __init__(self, size: int = 224, crop_fraction: float = 0.875, interpolation: str = "bilinear"):
-        super().__init__(size, interpolation)
+    def __init__(self, size: int = 224, crop_fraction: float = 0.875, interpolation: str = "bilinear",
+                 scaled_decode: bool = True, decode_gap: float = 1.0):
+        super().__init__(size, interpolation, scaled_decode, decode_gap)
         self.crop_fraction = crop_fraction
+
+    def needs(self, width, height):
+        return round(self.size / self.crop_fraction) / min(width, height)  # the short side becomes size/crop
 
     def __call__(self, img):
         short = round(self.size / self.crop_fraction)
@@ -103,8 +134,11 @@ class Roi(Preprocess):
     """Trim the near-uniform background around the product, then pad to a square."""
     name = "roi"
 
-    def __init__(self, size: int = 224, tolerance: int = 24, margin: float = 0.02, interpolation: str = "bilinear"):
-        super().__init__(size, interpolation)
+    # The product's box is known only once decoded, and it may be a small part of the photo: decoded in full.
+
+    def __init__(self, size: int = 224, tolerance: int = 24, margin: float = 0.02, interpolation: str = "bilinear",
+                 scaled_decode: bool = True, decode_gap: float = 1.0):
+        super().__init__(size, interpolation, scaled_decode, decode_gap)
         self.tolerance, self.margin = tolerance, margin
 
     def __call__(self, img):

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from harness.backbones import build_backbone
@@ -67,3 +68,20 @@ def test_compiled_extraction_matches_eager_without_recompiling(cfg_factory, cata
     assert compiled.compile_seconds > 0 and one.shape == (1, 1000) and nine.shape == (9, 1000)
     np.testing.assert_allclose(nine, np.repeat(one, 9, axis=0), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(compiled.emb, eager.emb, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_the_stage_timings_add_up_to_the_feature_stage(cfg_factory, catalog_dir, tmp_path, num_workers):
+    """Where the time goes: this process's stages sum to the feature stage's wall time, and every
+    decoding and embedding stage is accounted (summed over the decoding processes)."""
+    from harness.engines.local import LocalEngine
+
+    paths = sorted(str(p) for p in (catalog_dir / "images").glob("*.jpg"))
+    store = FeatureStore(str(tmp_path / "f.sqlite"))
+    feats = extract(paths, *parts(cfg_factory), store, batch_size=4, progress=False,
+                    engine=LocalEngine(num_workers=num_workers))
+    assert abs(sum(feats.stages.values()) - feats.seconds) <= 0.1 * feats.seconds
+    assert {"hash", "batches", "embed", "store"} <= set(feats.stages)
+    assert set(feats.cpu_seconds) == {"read", "decode", "preprocess", "embed"} and all(feats.cpu_seconds.values())
+    logged = feats.metrics()
+    assert logged["stage_seconds/embed"] == feats.stages["embed"] and logged["cpu_seconds/decode"] > 0

@@ -78,6 +78,8 @@ def test_two_nodes_embed_what_the_local_engine_does(cluster, tmp_path, cfg_facto
     assert remote.engine["ray_nodes"] == 2 and remote.engine["ray_workers"] == 2
     assert remote.extracted == 45 and remote.engine["engine_startup_seconds"] > 0
     assert "images_per_second" in remote.metrics()
+    # the workers' read/decode/preprocess/embed seconds come back with their batches
+    assert set(remote.cpu_seconds) == {"read", "decode", "preprocess", "embed"} and remote.cpu_seconds["embed"] > 0
 
 
 def ray_worker_pids() -> list[int]:

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import stat
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -27,8 +29,16 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     return Image.fromarray(((arr - lo) * scale).astype(np.uint8), mode="L")
 
 
-def decode_image(data: bytes) -> Image.Image:
-    """Decode bytes to an RGB image; raise BadImage for empty, truncated, non-image or bomb files."""
+Scale = Callable[[int, int], float]  # (width, height) -> the factor a preprocessing needs (<= 1: may shrink)
+
+
+def decode_image(data: bytes, scale: Scale | None = None) -> Image.Image:
+    """Decode bytes to an RGB image; raise BadImage for empty, truncated, non-image or bomb files.
+
+    `scale`: what the preprocessing that follows needs of the image, as a factor of its size. A JPEG is
+    then decoded with DCT scaling (1/2, 1/4 or 1/8, libjpeg's) to the smallest size that is still at
+    least that factor of the original on both sides, never below; other formats decode in full. The
+    size checks (bombs) see the file's full size either way."""
     if not data:
         raise BadImage("empty file")
     try:
@@ -38,6 +48,10 @@ def decode_image(data: bytes) -> Image.Image:
             img = Image.open(io.BytesIO(data))
             if getattr(img, "n_frames", 1) > 1:
                 img.seek(0)  # animated GIF/WebP/APNG: the first frame stands for the product
+            if scale is not None and img.format == "JPEG":
+                factor = min(1.0, float(scale(*img.size)))
+                if factor < 0.5:  # DCT scaling halves at least
+                    img.draft(None, (math.ceil(img.width * factor), math.ceil(img.height * factor)))
             img.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise BadImage(f"decompression bomb ({exc})") from None
@@ -97,7 +111,7 @@ def read_bytes(path, limit: int = MAX_FILE_BYTES) -> bytes:
     return data
 
 
-def read_image(path: str) -> tuple[Image.Image, str]:
-    """Read a file, return (RGB image, content hash)."""
+def read_image(path: str, scale: Scale | None = None) -> tuple[Image.Image, str]:
+    """Read a file, return (RGB image, content hash of its bytes); `scale`: see decode_image."""
     data = read_bytes(path)
-    return decode_image(data), content_hash(data)
+    return decode_image(data, scale), content_hash(data)

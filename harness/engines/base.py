@@ -1,46 +1,64 @@
 """What every extraction engine shares: the job it is given, decoding a file, embedding a decoded batch."""
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from harness.backbones.base import Backbone
-from harness.data.images import BadImage, read_image
+from harness.data.images import BadImage, content_hash, decode_image, read_bytes
 
 # Rows are claimed in the store (and, on Ray, shipped per call) eight batches at a time: claims stay
 # close to the work, and Ray's per-call overhead stays small (one batch per call: 0.76x the local engine).
 CLAIM_BATCHES = 8
 
 
-def load(path: str, preprocess) -> tuple[torch.Tensor | None, str, str | None]:
-    """Read, decode, preprocess one file → (uint8 CHW tensor or None, why not, content hash). The same
-    robust decoder wherever it runs: a broken file comes back as a reason, never as an exception."""
+DECODE_STAGES = ("read", "decode", "preprocess")
+
+
+def load(path: str, preprocess) -> tuple[torch.Tensor | None, str, str | None, tuple[float, float, float]]:
+    """Read, decode, preprocess one file → (uint8 CHW tensor or None, why not, content hash, seconds of
+    each of DECODE_STAGES). The same robust decoder wherever it runs: a broken file comes back as a
+    reason, never as an exception."""
+    t0 = time.perf_counter()
+    t1 = t2 = None
     try:
-        img, digest = read_image(path)
+        data = read_bytes(path)
+        digest = content_hash(data)
+        t1 = time.perf_counter()
+        img = decode_image(data, preprocess.decode_scale)
+        t2 = time.perf_counter()
         arr = np.asarray(preprocess(img), dtype=np.uint8)
-        return torch.from_numpy(arr.copy()).permute(2, 0, 1), "", digest
-    except BadImage as exc:
-        return None, str(exc), None
-    except OSError as exc:
-        return None, f"unreadable ({exc})", None
+        tensor = torch.from_numpy(arr.copy()).permute(2, 0, 1)
+        t3 = time.perf_counter()
+        return tensor, "", digest, (t1 - t0, t2 - t1, t3 - t2)
+    except (BadImage, OSError) as exc:
+        reason = str(exc) if isinstance(exc, BadImage) else f"unreadable ({exc})"
+        now = time.perf_counter()
+        t1, t2 = t1 or now, t2 or now
+        return None, reason, None, (t1 - t0, t2 - t1, now - t2)
 
 
 @dataclass
 class Decoded:
-    """A decoded batch: per row (row, why not, content hash), and the good images as one uint8 tensor."""
+    """A decoded batch: per row (row, why not, content hash), the good images as one uint8 tensor, and
+    the seconds each of DECODE_STAGES took for the batch (in the process that decoded it)."""
     rows: list[tuple[int, str, str | None]]
     images: torch.Tensor | None  # (good rows, 3, H, W), in row order; None when no row decoded
+    seconds: dict = field(default_factory=dict)
 
 
 def decode_batch(loaded: list) -> Decoded:
-    """Collate `(row, tensor or None, why not, hash)` where they were decoded: one tensor leaves a decoding
-    process per batch instead of one per image (per-image transfers cost make run's feature stage 4 s of 29)."""
-    good = [t for _, t, _, _ in loaded if t is not None]
-    return Decoded([(i, reason, digest) for i, _, reason, digest in loaded],
-                   torch.stack(good) if good else None)
+    """Collate `(row, tensor or None, why not, hash, stage seconds)` where they were decoded: one tensor
+    leaves a decoding process per batch instead of one per image (per-image transfers cost make run's
+    feature stage 4 s of 29)."""
+    good = [t for _, t, _, _, _ in loaded if t is not None]
+    seconds = {stage: float(sum(s[n] for *_, s in loaded)) for n, stage in enumerate(DECODE_STAGES)}
+    return Decoded([(i, reason, digest) for i, _, reason, digest, _ in loaded],
+                   torch.stack(good) if good else None, seconds)
 
 
 def embed_batch(backbone: Backbone, batch: Decoded) -> list[Result]:
@@ -81,6 +99,14 @@ class Engine:
         self.config = config
         self.metrics: dict[str, float] = {}  # logged with the run (start-up, nodes, workers, ...)
         self.startup_images = 0  # images embedded during start-up, left out of images/s
+        # Where the time went: summed over every process that decoded or embedded (so on several
+        # processes more than the wall time), and how much of the driver's own wall time was embedding.
+        self.cpu_seconds: dict[str, float] = {}
+        self.driver_embed_seconds = 0.0
+
+    def count(self, seconds: dict) -> None:
+        for stage, value in seconds.items():
+            self.cpu_seconds[stage] = self.cpu_seconds.get(stage, 0.0) + float(value)
 
     def batches(self, job: Job) -> Iterator[list[Result]]:
         raise NotImplementedError

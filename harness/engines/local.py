@@ -1,6 +1,7 @@
 """engine=local: this process embeds, DataLoader workers decode beside it."""
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -50,4 +51,9 @@ class LocalEngine(Engine):
                             num_workers=self.num_workers, collate_fn=decode_batch,
                             sampler=_Claiming(job.pending, job.claim, job.claim_block))
         for batch in loader:
-            yield embed_batch(job.backbone, batch)
+            t0 = time.perf_counter()
+            results = embed_batch(job.backbone, batch)
+            embedded = time.perf_counter() - t0
+            self.driver_embed_seconds += embedded
+            self.count({**batch.seconds, "embed": embedded})
+            yield results

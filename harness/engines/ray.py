@@ -45,8 +45,10 @@ class EmbedWorker:
         self.node, self.worker = context.get_node_id(), context.get_actor_id()
 
     def __call__(self, batch: dict) -> dict:
-        results = embed_batch(self.backbone, decode_batch([(row, *load(str(p), self.preprocess))
-                                                           for row, p in zip(batch["row"], batch["path"])]))
+        decoded = decode_batch([(row, *load(str(p), self.preprocess)) for row, p in zip(batch["row"], batch["path"])])
+        t0 = time.perf_counter()
+        results = embed_batch(self.backbone, decoded)
+        seconds = {**decoded.seconds, "embed": time.perf_counter() - t0}
         out = np.zeros((len(results), self.backbone.dim), np.float32)  # a row per image: Arrow needs one shape
         for n, (_, _, vec, _) in enumerate(results):
             if vec is not None:
@@ -54,7 +56,9 @@ class EmbedWorker:
         return {"row": batch["row"], "hash": np.array([h or "" for _, h, _, _ in results], dtype=object),
                 "vector": out, "reason": np.array([r for _, _, _, r in results], dtype=object),
                 "node": np.array([self.node] * len(results), dtype=object),
-                "worker": np.array([self.worker] * len(results), dtype=object)}
+                "worker": np.array([self.worker] * len(results), dtype=object),
+                # the batch's stage seconds on its first row (Arrow wants a value per row)
+                **{f"seconds_{stage}": np.array([value] + [0.0] * (len(results) - 1)) for stage, value in seconds.items()}}
 
 
 class RayEngine(Engine):
@@ -129,6 +133,8 @@ class RayEngine(Engine):
                 if not self.startup_images:  # connecting, starting workers, building networks, first batch
                     self.metrics["engine_startup_seconds"] = time.perf_counter() - t0
                     self.startup_images = len(batch["row"])
+                self.count({key.removeprefix("seconds_"): values.sum() for key, values in batch.items()
+                            if key.startswith("seconds_")})
                 for node, worker, reason in zip(batch["node"], batch["worker"], batch["reason"]):
                     if not reason:
                         nodes[node] = nodes.get(node, 0) + 1

@@ -25,7 +25,7 @@ class BadQuery(BadImage):
     text tower): the API's 400 and the page's message."""
 
 
-def decode_upload(value) -> Image.Image:
+def decode_upload(value, scale=None) -> Image.Image:
     """An uploaded image → RGB image.
 
     Network inputs are base64 strings (a `data:` URL prefix is allowed) or raw bytes. A string is never
@@ -57,7 +57,7 @@ def decode_upload(value) -> Image.Image:
         raise BadImage(f"unsupported input type {type(value).__name__}")
     if len(data) > MAX_UPLOAD_BYTES:
         raise BadImage(f"file larger than {MAX_UPLOAD_BYTES >> 20} MB")
-    return decode_image(data)
+    return decode_image(data, scale)  # scale: the preprocessing's, as for catalog images
 
 
 def _read_file(path: Path) -> bytes:

@@ -132,7 +132,7 @@ class Searcher:
         [business score]."""
         k = self.check_k(k)
         self.check_rows(len(images))
-        return self._rank(self.embed([decode_upload(v) for v in images]), "the query photo", k, within_category,
+        return self._rank(self.embed([decode_upload(v, self.preprocess.decode_scale) for v in images]), "the query photo", k, within_category,
                           rerank_column, rerank_weight)
 
     def search_text(self, texts: list[str], k: int | None = None, within_category: bool = False,
