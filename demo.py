@@ -27,14 +27,14 @@ from fastapi.routing import APIRoute  # noqa: E402
 from harness.tracking.models import load_served  # noqa: E402
 from harness.config import compose_config  # noqa: E402
 from harness.data.images import BadImage  # noqa: E402
+from harness.serving.filters import MAX_FILTER_CHARS, parse_filters  # noqa: E402
 from harness.serving.searcher import MAX_UPLOAD_BYTES, SearchOptions, Searcher  # noqa: E402
 
 HINT = "Upload, paste or take a photo, pick a catalog example, or describe the product in words."
 
 
-def numeric_columns(catalog: pd.DataFrame) -> list[str]:
-    """Catalog columns usable as a business score (e.g. margin, stock)."""
-    skip = {"item_id", "path", "width", "height", "year"}
+def numeric_columns(catalog: pd.DataFrame, skip=("item_id", "path", "width", "height", "year")) -> list[str]:
+    """Catalog columns usable as a business score (e.g. margin, stock), or (skip less) to filter on."""
     return [c for c in catalog.columns if c not in skip
             and pd.to_numeric(catalog[c], errors="coerce").notna().mean() > 0.9]
 
@@ -60,18 +60,42 @@ def upload_file(value, uploaded: Collection[str]) -> Path | None:
     return Path(path)
 
 
+def page_filters(level: str, categories, column: str | None, low, high, extra: str | None) -> dict:
+    """The page's filter controls as one `filters` object: the categories picked, a numeric column's
+    range (an empty bound is no bound), and any further conditions typed as JSON."""
+    filters = dict(parse_filters(extra)) if extra else {}
+    if categories:
+        if not isinstance(categories, list):
+            raise BadImage("the categories must be a list")
+        filters[level] = categories
+    if column:
+        bounds = {}
+        for op, value, name in (("ge", low, "lower"), ("le", high, "upper")):
+            if value is None or (isinstance(value, str) and not value.strip()):
+                continue
+            try:
+                bounds[op] = float(value)
+            except (TypeError, ValueError):
+                raise BadImage(f"the {name} bound must be a number, got {value!r}") from None
+        if bounds:
+            filters[column] = bounds
+    return filters
+
+
 def run_search(searcher: Searcher, image, k: int, same_category: bool, rerank_column: str | None,
                rerank_weight: float, history: list, base: str = "", text: str | None = None,
-               uploaded: Collection[str] = ()):
+               uploaded: Collection[str] = (), filters=None):
     """The page's search, by photo or (when `text` is given) by words: (gallery of (image URL, caption),
     status text, updated per-user history). `image`: a Path (in-process) or an upload's FileData, whose
-    path must be among `uploaded` (the files Gradio received as uploads)."""
+    path must be among `uploaded` (the files Gradio received as uploads); `filters`: which items may be
+    answers (harness.serving.filters)."""
     try:
         # Bounds before any file or model is touched: a raw API call can send any k (10^9, 0, "5").
         if not (text is None or isinstance(text, str)):
             raise BadImage("the text must be a string")
         options = SearchOptions.parse(searcher, {"k": k, "within_category": same_category,
-                                                 "rerank_column": rerank_column, "rerank_weight": rerank_weight}).kwargs()
+                                                 "rerank_column": rerank_column, "rerank_weight": rerank_weight,
+                                                 "filters": filters}).kwargs()
     except (BadImage, TypeError, ValueError) as exc:
         return [], f"**Cannot search:** {exc}.", history
     if text and text.strip():
@@ -95,6 +119,8 @@ def run_search(searcher: Searcher, image, k: int, same_category: bool, rerank_co
             caption += f" · {rerank_column} {row.business_score:g}"
         gallery.append((image_url(base, row.item_id), f"#{row.rank} {row.item_id}: {caption}"))
     status = f"Top {len(table)} products" + (f" for “{text.strip()}”." if text and text.strip() else ".")
+    if options["filters"]:
+        status += f" Filters: `{options['filters']}`."
     if same_category:
         status += f" Predicted category: **{table['predicted_category'].iloc[0]}**."
     history = (history + [table["item_id"].iloc[0]])[-10:]
@@ -116,19 +142,34 @@ def build_demo(searcher: Searcher, info: dict, examples: int = 12, seed: int = 0
     picks = np.random.default_rng(seed).choice(len(catalog), min(examples, len(catalog)), replace=False)
     example_ids = catalog["item_id"].iloc[picks].tolist()
     business = numeric_columns(catalog)
+    level = searcher.settings.levels[0]
 
-    def search(image, text, k, same_category, rerank_column, rerank_weight, history, request: gr.Request):
+    def filters_of(categories, column, low, high, extra):
+        try:
+            return page_filters(level, categories, column, low, high, extra), None
+        except BadImage as exc:
+            return None, f"**Cannot search:** {exc}."
+
+    def search(image, text, k, same_category, rerank_column, rerank_weight, categories, column, low, high, extra,
+               history, request: gr.Request):
+        filters, problem = filters_of(categories, column, low, high, extra)
+        if problem:
+            return [], problem, history
         return run_search(searcher, image, k, same_category, rerank_column, rerank_weight, history,
-                          str(request.base_url), text, demo.upload_file_set)
+                          str(request.base_url), text, demo.upload_file_set, filters)
 
     def show_examples(request: gr.Request):
         return [(image_url(str(request.base_url), i), i) for i in example_ids]
 
-    def pick(k, same_category, rerank_column, rerank_weight, history, evt: gr.SelectData, request: gr.Request):
+    def pick(k, same_category, rerank_column, rerank_weight, categories, column, low, high, extra, history,
+             evt: gr.SelectData, request: gr.Request):
         """A catalog example is searched by its id: the page never sends a file name to the server."""
+        filters, problem = filters_of(categories, column, low, high, extra)
+        if problem:
+            return None, [], problem, history
         [path] = searcher.path_of([example_ids[evt.index]])
         out = run_search(searcher, Path(path), k, same_category, rerank_column, rerank_weight, history,
-                         str(request.base_url))
+                         str(request.base_url), filters=filters)
         return (None, *out[:1], f"Query: catalog example {example_ids[evt.index]}. " + out[1], out[2])
 
     with gr.Blocks(title="Fashion visual search") as demo:
@@ -146,13 +187,23 @@ def build_demo(searcher: Searcher, info: dict, examples: int = 12, seed: int = 0
                 with gr.Accordion("Business re-ranking", open=False):
                     rerank_column = gr.Dropdown([""] + business, value="", label="Business column")
                     rerank_weight = gr.Slider(0, 1, value=0.0, step=0.05, label="Weight of the business score")
+                with gr.Accordion("Filters", open=False):
+                    categories = gr.Dropdown(sorted(catalog[level].unique().tolist()), value=[], multiselect=True,
+                                             label=f"Only these {level} values", elem_id="filter_categories")
+                    with gr.Row():  # bounds as text: an empty box is no bound (and API clients may leave them out)
+                        column = gr.Dropdown([""] + numeric_columns(catalog, ("item_id", "path")), value="",
+                                             label="Numeric column", elem_id="filter_column")
+                        low = gr.Textbox("", label="at least", elem_id="filter_low", max_length=40)
+                        high = gr.Textbox("", label="at most", elem_id="filter_high", max_length=40)
+                    extra = gr.Textbox("", label="More conditions (JSON)", placeholder='{"colour": ["Red", "Blue"]}',
+                                       max_length=MAX_FILTER_CHARS, elem_id="filter_json")
                 button = gr.Button("Search", variant="primary", elem_id="search")
                 examples_gallery = gr.Gallery(label="Or pick a catalog example", columns=4, height=260,
                                               allow_preview=False, elem_id="examples")
             with gr.Column(scale=2):
                 status = gr.Markdown(elem_id="status")
                 results = gr.Gallery(label="Most similar products", columns=5, height=520, elem_id="results")
-        settings = [k, same_category, rerank_column, rerank_weight, history]
+        settings = [k, same_category, rerank_column, rerank_weight, categories, column, low, high, extra, history]
         outputs = [results, status, history]
         # Uploads reach `search` unprocessed: an undecodable file gets the page's own message, not
         # Gradio's (which names the server's temporary path).
@@ -165,13 +216,15 @@ def build_demo(searcher: Searcher, info: dict, examples: int = 12, seed: int = 0
 
 
 def catalog_route(searcher: Searcher) -> APIRoute:
-    """GET /catalog/<item_id>: a catalog image by its id; nothing else on disk is reachable."""
-    paths = dict(zip(searcher.catalog["item_id"], searcher.catalog["path"]))
+    """GET /catalog/<item_id>: a catalog image by its id, in the version being served; nothing else on
+    disk is reachable."""
 
     def image(item_id: str):
-        if item_id not in paths:
-            raise HTTPException(status_code=404, detail="no such catalog item")
-        return FileResponse(paths[item_id])
+        try:
+            [path] = searcher.path_of([item_id])
+        except KeyError:
+            raise HTTPException(status_code=404, detail="no such catalog item") from None
+        return FileResponse(path)
 
     return APIRoute("/catalog/{item_id:path}", image, methods=["GET"])
 

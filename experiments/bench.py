@@ -8,6 +8,8 @@
     python experiments/bench.py peak       # this CPU's GEMM FLOP/s, and each runtime's share of it
     python experiments/bench.py scale      # engine=ray vs local on the products catalog
     python experiments/bench.py decode --quality   # JPEG scaled vs full decoding on 1080x1440 copies
+    python experiments/bench.py int8 --quality     # OpenVINO int8 vs fp32 and bf16 (--max-isa AVX2: as on AVX2)
+    python experiments/bench.py index              # the served index over 1M x 1280: build, 1 % update, queries
 
 Every number is measured in the same process, on this machine, in the run that prints it. Every
 component comes from the project's config through `harness.pipeline.build`, as a run builds it.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 import time
@@ -57,8 +60,14 @@ def machine() -> dict:
         ov_version = openvino.__version__.split("-")[0]
     except ImportError:
         ov_version = None
+    try:
+        import nncf
+        nncf_version = nncf.__version__
+    except ImportError:
+        nncf_version = None
     return {"cpu": cpu, "cores": torch.get_num_threads(), "isa": {f: f in flags for f in ISA},
-            "torch": torch.__version__, "openvino": ov_version, "python": platform.python_version()}
+            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"), "torch": torch.__version__,
+            "openvino": ov_version, "nncf": nncf_version, "python": platform.python_version()}
 
 
 
@@ -87,7 +96,7 @@ def harness_path(pipe: Pipeline, paths: list[str], batch_size: int | None = None
     with tempfile.TemporaryDirectory() as tmp:
         store = FeatureStore(str(Path(tmp) / "f.sqlite"))
         feats = extract(paths, pipe.backbone, pipe.preprocess, store, batch_size=batch_size or pipe.cfg.extract.batch_size,
-                        progress=False, engine=pipe.engine)
+                        progress=False, engine=pipe.engine, calibration=pipe.cfg.extract.calibration)
         store.close()
     feats.runtime = pipe.backbone.runtime.name  # what actually ran (a network that does not convert falls back)
     return feats
@@ -126,7 +135,17 @@ def runtimes(compile: bool) -> dict[str, tuple[str, list[str]]]:
         out["openvino_fp32"] = ("openvino", ["runtime=openvino", "backbone.precision=fp32"])
         if cpu_has_bf16():
             out["openvino_bf16"] = ("openvino", ["runtime=openvino", "backbone.precision=bf16"])
+        if nncf_installed():
+            out["openvino_int8"] = ("openvino", ["runtime=openvino", "backbone.precision=int8"])
     return out
+
+
+def nncf_installed() -> bool:
+    try:
+        import nncf  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def bench_extract(args) -> list[dict]:
@@ -368,7 +387,8 @@ def products_searcher(catalog: Path, *overrides: str):
     feats = pipe.extract(catalog, store)
     store.close()
     served, _ = restrict(catalog, [], feats.valid)
-    return Searcher(*served_parts(pipe.cfg, served, feats.emb[feats.valid], run={"run_id": "bench"})), items
+    return Searcher(*served_parts(pipe.cfg, served, feats.emb[feats.valid], run={"run_id": "bench"},
+                                  calibration=pipe.backbone.calibration)), items
 
 
 def bench_serve(args) -> list[dict]:
@@ -444,6 +464,136 @@ def bench_decode(args) -> list[dict]:
             rows.append(row)
             print(row, flush=True)
     return rows
+
+
+def bench_int8(args) -> list[dict]:
+    """int8 (NNCF, calibrated on extract.calibration's catalog sample) against OpenVINO fp32 and bf16,
+    through the harness (decode included), interleaved rounds in one process; `--max-isa AVX2` runs the
+    same in a child process whose oneDNN kernels (OpenVINO's CPU plugin's) are limited to AVX2, as on a
+    CPU without AVX-512, VNNI or bf16. `--quality`: efficientnet_lite0 with its real weights, products
+    5-fold P@5 per level for each precision, and each one's top-5 agreement with fp32."""
+    import subprocess
+    import sys
+
+    from harness.run import run
+
+    if args.max_isa and os.environ.get("ONEDNN_MAX_CPU_ISA") != args.max_isa:
+        with tempfile.TemporaryDirectory() as tmp:
+            child = [sys.executable, __file__, "int8", "--catalog", str(args.catalog), "--images", str(args.images),
+                     "--rounds", str(args.rounds), "--max-isa", args.max_isa, "--out", tmp, "--name", "child",
+                     "--backbones", *args.backbones, "--precisions", *[p for p in args.precisions if p != "bf16"],
+                     *(["--quality"] if args.quality else [])]
+            subprocess.run(child, check=True, env={**os.environ, "ONEDNN_MAX_CPU_ISA": args.max_isa})
+            return [{**row, "max_isa": args.max_isa} for row in json.loads((Path(tmp) / "child.json").read_text())["rows"]]
+    precisions = [p for p in args.precisions if p != "bf16" or (cpu_has_bf16() and not args.max_isa)]
+    rows = []
+    for name in args.backbones:
+        common = (f"backbone={name}", f"backbone.weights={'imagenet' if name == 'efficientnet_lite0' else 'random'}",
+                  "runtime=openvino", "dataset=products", f"dataset.root={args.catalog}")
+        paths = catalog_paths(args.catalog, args.images)
+        rates: dict[str, list[float]] = {}
+        prepare, breakdown = {}, {}
+        for _ in range(args.rounds):
+            for precision in precisions:
+                feats = harness_path(pipeline(*common, f"backbone.precision={precision}"), paths)
+                rates.setdefault(precision, []).append(round(feats.extracted / feats.embed_seconds, 1))
+                prepare.setdefault(precision, round(feats.compile_seconds, 1))  # first round: converting, quantizing
+                breakdown[precision] = where_the_time_went(feats)
+        median = {k: float(np.median(v)) for k, v in rates.items()}
+        row = {"backbone": name, "images": len(paths), "rounds": args.rounds, "max_isa": args.max_isa or "native",
+               "images_per_s": median, "all_rounds": rates, "first_prepare_seconds": prepare,
+               **{f"int8_vs_{p}": round(median["int8"] / median[p], 3) for p in precisions if p != "int8" and "int8" in median},
+               "seconds_per_stage": breakdown}
+        rows.append(row)
+        print(row, flush=True)
+    if args.quality:
+        levels = "[category,subcategory,article_type]"
+        emb, scores = {}, {}
+        with tempfile.TemporaryDirectory() as tmp:
+            for precision in precisions:
+                overrides = ("dataset=products", f"dataset.root={args.catalog}", f"dataset.levels={levels}",
+                             "protocol=kfold", "protocol.folds=5", "runtime=openvino", f"backbone.precision={precision}",
+                             "extract.progress=false", f"paths.root={tmp}", f"paths.openvino={ROOT / '.cache' / 'openvino'}")
+                metrics = run(compose_config(*overrides, "tracker=none"))
+                for level in ("category", "subcategory", "article_type"):
+                    scores[f"{level}_p5_{precision}"] = round(metrics[f"{level}_precision_at_5_mean"], 4)
+                    scores[f"{level}_p5_std_{precision}"] = round(metrics[f"{level}_precision_at_5_std"], 4)
+                emb[precision] = harness_path(pipeline(*overrides), catalog_paths(args.catalog, None)).emb
+        row = {"quality": "efficientnet_lite0 imagenet, products 5-fold", "max_isa": args.max_isa or "native", **scores,
+               **{f"max_abs_p5_difference_{p}_vs_fp32": round(max(abs(scores[f"{lv}_p5_{p}"] - scores[f"{lv}_p5_fp32"])
+                                                                for lv in ("category", "subcategory", "article_type")), 4)
+                  for p in precisions if p != "fp32"},
+               **{f"top5_agreement_{p}_vs_fp32": round(topk_agreement(emb[p], emb["fp32"]), 4)
+                  for p in precisions if p != "fp32"}}
+        rows.append(row)
+        print(row, flush=True)
+    return rows
+
+
+def rss_mib() -> float:
+    """This process's resident memory now."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def bench_index(args) -> list[dict]:
+    """The served catalog index at catalog scale (harness.index): a full build of N clustered vectors
+    with their items (ids, hashes, paths, a category, a price, a shard column), an update of 1 % (as many
+    added as removed), reading the current version as a served model does (every file's digest checked),
+    and one-query latency over it through the served search (exact, cosine), with and without a filter
+    that keeps 1 % of the items."""
+    from harness.index import IndexStore
+    from harness.metrics import Cosine
+    from harness.search import GroupedIndex
+    from harness.serving.filters import CatalogFilter
+
+    n, d, m = args.n, args.dim, max(1, int(args.n * args.update_fraction))
+
+    def table(ids, rng):
+        return pd.DataFrame({"item_id": ids, "content_hash": [f"{i:040x}" for i in rng.integers(0, 2**62, len(ids))],
+                             "path": [f"/catalog/{i}.jpg" for i in ids], "category": rng.choice(["a", "b", "c"], len(ids)),
+                             "price": rng.integers(1, 500, len(ids)).astype(str),
+                             "shard": rng.integers(0, 100, len(ids)).astype(str)})
+
+    rng = np.random.default_rng(0)
+    vectors = clustered(n, d, 0, centres=args.centres)
+    items = table(np.array([f"item-{i}" for i in range(n)]), rng)
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        store = IndexStore(tmp, "bench")
+        t0 = time.perf_counter()
+        store.commit(items, vectors, full=True)
+        build_s = time.perf_counter() - t0
+        added = table(np.array([f"new-{i}" for i in range(m)]), rng)
+        removed = set(rng.choice(items["item_id"].to_numpy(), m, replace=False))
+        fresh = clustered(m, d, 2, centres=args.centres)
+        del vectors, items
+        t0 = time.perf_counter()
+        store.commit(added, fresh, removed, parent=1)
+        update_s = time.perf_counter() - t0
+        disk = {p.name: sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) for p in (Path(tmp) / "bench" / "segments").iterdir()}
+        before = rss_mib()
+        t0 = time.perf_counter()
+        snap = store.read()
+        index, filters = GroupedIndex(snap.vectors, Cosine()), CatalogFilter(snap.items)
+        load_s = time.perf_counter() - t0
+        served_mib = rss_mib() - before
+        queries = clustered(args.queries, d, 1, centres=args.centres)
+        latency = {}
+        for label, condition in (("no_filter", None), ("filter_1pct", {"shard": "7"})):
+            times = []
+            for q in queries:
+                t0 = time.perf_counter()
+                index.search(q[None], args.k, allowed=filters.mask(condition))
+                times.append((time.perf_counter() - t0) * 1000)
+            latency[label] = {"p50_ms": round(float(np.percentile(times, 50)), 1),
+                              "p99_ms": round(float(np.percentile(times, 99)), 1)}
+        kept = int(filters.mask({"shard": "7"}).sum())
+    row = {"n": n, "dim": d, "update": {"added": m, "removed": m}, "build_seconds": round(build_s, 2),
+           "update_seconds": round(update_s, 2), "update_vs_build": round(update_s / build_s, 4),
+           "load_seconds": round(load_s, 2), "served_rss_mib": round(served_mib, 1), "items_served": len(snap.items),
+           "segment_bytes": sorted(disk.values(), reverse=True), "filter_keeps": kept, "queries": args.queries,
+           "latency": latency, "search": "exact (recall 1.0 by construction)"}
+    print(row, flush=True)
+    return [row]
 
 
 def bench_scale(args) -> list[dict]:
@@ -542,13 +692,29 @@ def main(argv=None):
     dc.add_argument("--images", type=int, default=512)
     dc.add_argument("--rounds", type=int, default=3)
     dc.add_argument("--quality", action="store_true", help="also P@5 and top-5 agreement on the whole large copy")
+    ix = sub.add_parser("index", help="the served catalog index: build, 1 % update, load, query latency")
+    ix.add_argument("--n", type=int, default=1_000_000)
+    ix.add_argument("--dim", type=int, default=1280)
+    ix.add_argument("--centres", type=int, default=10_000)
+    ix.add_argument("--update-fraction", type=float, default=0.01)
+    ix.add_argument("--queries", type=int, default=50)
+    ix.add_argument("--tmp", default=None, help="where the index is written (default: the system's temp dir)")
+    i8 = sub.add_parser("int8", help="OpenVINO int8 (NNCF) vs fp32 and bf16 through the harness")
+    i8.add_argument("--catalog", type=Path, default=DEFAULT_CATALOG)
+    i8.add_argument("--backbones", nargs="+", default=["efficientnet_lite0", "resnet50"])
+    i8.add_argument("--precisions", nargs="+", default=["fp32", "bf16", "int8"])
+    i8.add_argument("--images", type=int, default=512)
+    i8.add_argument("--rounds", type=int, default=3)
+    i8.add_argument("--max-isa", help="e.g. AVX2: run in a child process with oneDNN limited to that ISA")
+    i8.add_argument("--quality", action="store_true", help="also products 5-fold P@5 and top-5 agreement")
     for p in sub.choices.values():
         p.add_argument("--k", type=int, default=5)
         p.add_argument("--out", type=Path, default=ROOT / "experiments" / "bench")
         p.add_argument("--name", help="JSON file name (default: the section's)")
     args = parser.parse_args(argv)
     sections = {"extract": bench_extract, "search": bench_search, "ann": bench_ann, "grid": bench_grid,
-                "serve": bench_serve, "peak": bench_peak, "scale": bench_scale, "decode": bench_decode}
+                "serve": bench_serve, "peak": bench_peak, "scale": bench_scale, "decode": bench_decode,
+                "int8": bench_int8, "index": bench_index}
     rows = sections[args.section](args)
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"section": args.section, "machine": machine(), "date": time.strftime("%Y-%m-%d"), "rows": rows}

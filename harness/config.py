@@ -72,6 +72,8 @@ def validate(cfg) -> None:
     _whole(cfg.dataset.get("limit"), "dataset.limit", 1, allow_none=True)
     _whole(cfg.extract.batch_size, "extract.batch_size", 1)
     _whole(cfg.extract.num_workers, "extract.num_workers", 0)
+    _whole(cfg.extract.calibration.size, "extract.calibration.size", 1)
+    _whole(cfg.extract.calibration.seed, "extract.calibration.seed", 0)
     for limit in ("max_k", "max_rows", "rerank_candidates", "category_votes"):
         _whole(cfg.serving[limit], f"serving.{limit}", 1)
     if cfg.store.dtype not in ("float32", "float16"):

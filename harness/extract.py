@@ -14,6 +14,7 @@ from harness.backbones.base import Backbone, describe
 from harness.data.images import BadImage, content_hash, read_bytes
 from harness.engines.base import Engine, Job
 from harness.errors import HarnessError
+from harness.runtimes.calibration import Calibration
 from harness.store import LEASE_SECONDS, FeatureStore
 
 log = logging.getLogger(__name__)
@@ -94,8 +95,10 @@ def hash_files(paths: list[str]) -> tuple[list[str | None], dict[int, str]]:
 
 
 def extract(paths: list[str], backbone: Backbone, preprocess, store: FeatureStore,
-            batch_size: int = 8, num_workers: int = 2, progress: bool = True, engine: Engine | None = None) -> Features:
-    """Features for `paths` from the store, embedding (with `engine`, default this process) what it lacks."""
+            batch_size: int = 8, num_workers: int = 2, progress: bool = True, engine: Engine | None = None,
+            calibration: dict | None = None) -> Features:
+    """Features for `paths` from the store, embedding (with `engine`, default this process) what it lacks.
+    `calibration` (size, seed): an int8 backbone not yet calibrated draws its sample from `paths`."""
     if engine is None:
         from harness.engines.local import LocalEngine
 
@@ -104,6 +107,10 @@ def extract(paths: list[str], backbone: Backbone, preprocess, store: FeatureStor
     stages = Stages()
     hashes, failed = hash_files(paths)
     stages.lap("hash")  # reading every file once, for its content hash
+    if backbone.precision == "int8" and backbone.calibration is None:
+        settings = calibration or {}
+        backbone.calibrate(Calibration.choose(paths, hashes, settings.get("size", 300), settings.get("seed", 0)),
+                           preprocess)
     prepare_seconds = 0.0
     while True:
         fingerprint, description = describe({**backbone.fingerprint, "store_dtype": store.dtype.name},

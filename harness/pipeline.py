@@ -61,7 +61,8 @@ class Pipeline:
         added to the catalog table."""
         ex = self.cfg.extract
         feats = extract(catalog.items["path"].tolist(), self.backbone, self.preprocess, store,
-                        batch_size=ex.batch_size, progress=ex.progress, engine=self.engine)
+                        batch_size=ex.batch_size, progress=ex.progress, engine=self.engine,
+                        calibration=ex.calibration)
         catalog.items["content_hash"] = feats.hashes
         return feats
 

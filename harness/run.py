@@ -28,10 +28,13 @@ def run(cfg: DictConfig) -> dict[str, float]:
             job.log_folds(result.per_fold)
             job.log_metrics(metrics)
             skipped = feats.skipped + [(catalog.items["path"].iloc[r], why) for r, why in result.excluded]
+            calibration = pipe.backbone.calibration  # int8: the sample it was quantized with, recorded
             job.log_artifacts({**result.artifacts,
-                               "skipped_images.csv": pd.DataFrame(skipped, columns=["path", "reason"])})
+                               "skipped_images.csv": pd.DataFrame(skipped, columns=["path", "reason"]),
+                               **({"int8_calibration.csv": pd.DataFrame(calibration.items, columns=["path", "content_hash"])}
+                                  if calibration is not None else {})})
             if cfg.serving.log_model and job.tracked:
-                log_served_model(job, pipe, catalog, feats.emb[feats.valid], result, metrics)
+                log_served_model(job, pipe, catalog, feats.emb[feats.valid], result, metrics, feats.fingerprint)
             ids = catalog.items["item_id"].to_numpy()
             store.put_neighbours(job.run_id, ids[result.query_rows],
                                  np.where(result.indices >= 0, ids[np.maximum(result.indices, 0)], ""), result.distances)

@@ -65,6 +65,7 @@ def raw_call(url: str, data: list) -> tuple[str, object]:
     import json
     import urllib.request
 
+    data = data + [[], "", "", "", ""][max(0, len(data) - 6):]  # the filters' inputs: none
     request = urllib.request.Request(url + "gradio_api/call/search", json.dumps({"data": data}).encode(),
                                      {"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=30) as response:
@@ -126,6 +127,32 @@ def test_api_serves_concurrent_clients(page):
     assert first.startswith(page["url"] + "catalog/")
     with urllib.request.urlopen(first) as response:
         assert response.headers["content-type"] == "image/jpeg" and Image.open(response).size == (72, 96)
+
+
+def test_filters_on_the_page_and_through_gradio_client(page):
+    from pathlib import Path
+
+    from gradio_client import Client, handle_file
+
+    demo, searcher = page["demo"], page["searcher"]
+    # the page's controls and its JSON box make one filters object
+    assert demo.page_filters("category", ["square"], "margin", "0.2", "", '{"colour": "blue"}') == \
+        {"colour": "blue", "category": ["square"], "margin": {"ge": 0.2}}
+    assert demo.page_filters("category", [], "", "", "", "") == {}
+    with pytest.raises(demo.BadImage, match="the upper bound must be a number"):
+        demo.page_filters("category", [], "margin", "", "cheap", "")
+    path = str(page["catalog"] / "images" / "circle_red_0.jpg")
+    gallery, status, _ = demo.run_search(searcher, Path(path), 5, False, "", 0.0, [],
+                                         filters={"category": ["square"], "colour": "blue"})
+    assert len(gallery) == 5 and all(": square / square-blue" in caption for _, caption in gallery)
+    assert 'Filters: `{"category": ["square"], "colour": "blue"}`' in status
+    client = Client(page["url"], verbose=False, download_files=False)
+    gallery, status = client.predict(handle_file(path), "", 5, False, "", 0.0, ["triangle"], "margin", "", "",
+                                     '{"colour": "green"}', api_name="/search")
+    assert gallery and all(": triangle / triangle-green" in item["caption"] for item in gallery)
+    _, status = client.predict(handle_file(path), "", 5, False, "", 0.0, [], "", "", "", '{"size": "M"}',
+                               api_name="/search")
+    assert status.startswith("**Cannot search:** filter on 'size': not a catalog column")
 
 
 def test_public_api_is_search_only_and_a_bad_upload_gets_the_page_message(page, tmp_path):

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from mlflow.exceptions import MlflowException
+from PIL import Image
 
 from harness.tracking.models import model_info
 
@@ -50,6 +51,30 @@ def test_params_k_category_filter_and_rerank(served):
     assert plain["item_id"].iloc[0] == catalog["item_id"].iloc[0]
     margins = biased["business_score"].to_numpy()
     assert (np.diff(margins) <= 0).all()  # weight 1: ordered by the business column alone
+
+
+def test_filters_through_the_model_params(served):
+    """Pre-filtering: the top k among the matching items, all of them when fewer than k match."""
+    catalog = pd.read_csv(served["catalog"] / "manifest.csv", dtype=str)
+    image = b64(served["catalog"] / catalog["path"].iloc[0])  # a red circle
+    filters = {"category": ["square", "triangle"], "colour": "blue"}
+    out = served["model"].predict(pd.DataFrame({"image": [image]}), params={"k": 5, "filters": json.dumps(filters)})
+    assert len(out) == 5 and set(out["category"]) <= {"square", "triangle"} and (out["colour"] == "blue").all()
+    # the same answers as a brute-force search of the matching items alone
+    searcher = served["searcher"]
+    matching = catalog[catalog["category"].isin(filters["category"]) & (catalog["colour"] == "blue")]
+    rows = np.flatnonzero(searcher.catalog["item_id"].isin(matching["item_id"]).to_numpy())
+    query = searcher.embed([Image.open(served["catalog"] / catalog["path"].iloc[0]).convert("RGB")])
+    distance = searcher.metric.pairwise(query, searcher.features[rows])[0]
+    expected = searcher.catalog["item_id"].iloc[rows[np.argsort(distance, kind="stable")[:5]]].tolist()
+    assert out["item_id"].tolist() == expected
+    few = served["model"].predict(pd.DataFrame({"image": [image]}),
+                                  params={"k": 5, "filters": json.dumps({"item_id": ["square-blue-1", "circle-red-3"]})})
+    assert sorted(few["item_id"]) == ["circle-red-3", "square-blue-1"]  # fewer than k match: all of them
+    for bad, said in (({"size": "M"}, "not a catalog column"), ("{oops", "JSON object")):
+        with pytest.raises(MlflowException, match=said):
+            served["model"].predict(pd.DataFrame({"image": [image]}),
+                                    params={"filters": bad if isinstance(bad, str) else json.dumps(bad)})
 
 
 @pytest.mark.parametrize("bad", ["not base64 at all!", base64.b64encode(b"plain text").decode(), ""])
@@ -141,6 +166,11 @@ def test_rest_api_via_mlflow_models_serve(served):
         assert status == 400 and "larger than 10 MB" in body["message"]
         status, _ = post([{"image": b64(served["catalog"] / item["path"])}])
         assert status == 200  # and the server is still up
+        status, body = post([{"image": b64(served["catalog"] / item["path"])}],
+                            {"filters": json.dumps({"colour": ["blue"], "category": "square"})})
+        assert status == 200 and {(r["colour"], r["category"]) for r in body["predictions"]} == {("blue", "square")}
+        status, body = post([{"image": b64(served["catalog"] / item["path"])}], {"filters": '{"path": "/etc"}'})
+        assert status == 400 and "not a catalog column" in body["message"]
 
 
 def test_rest_api_bounds_what_one_request_may_cost(served):

@@ -25,6 +25,7 @@ from torchvision.models.feature_extraction import create_feature_extractor, get_
 from harness.backbones.weights import file_digest, match_state, read_state_dict
 from harness.errors import HarnessError
 from harness.runtimes.base import Embedder, Runtime
+from harness.runtimes.calibration import Calibration
 from harness.runtimes.torch_eager import TorchRuntime
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -41,8 +42,9 @@ def cpu_has_bf16() -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision not in ("auto", "bf16", "fp32"):
-        raise HarnessError(f"backbone.precision must be auto, bf16 or fp32, got {precision!r}.")
+    """`auto` never picks int8: its top-5 lists differ from fp32's far more than bf16's (README "int8")."""
+    if precision not in ("auto", "bf16", "fp32", "int8"):
+        raise HarnessError(f"backbone.precision must be auto, bf16, fp32 or int8, got {precision!r}.")
     if precision != "auto":
         return precision
     if device.type == "cuda":
@@ -105,6 +107,13 @@ class Backbone:
         self.input_size = int(input_size or config["input_size"])
         self.mean, self.std, self.interpolation = config["mean"], config["std"], config["interpolation"]
         self.runtime = (runtime or TorchRuntime()).resolve(self.device)
+        if self.precision not in self.runtime.precisions:
+            raise HarnessError(f"backbone.precision={self.precision} does not run on runtime={self.runtime.name} "
+                               f"({', '.join(self.runtime.precisions)}); int8 needs runtime=openvino (or auto on a CPU "
+                               "with openvino installed).")
+        self.calibration: Calibration | None = None  # int8: the catalog sample it is quantized with
+        self._calibration_key: str | None = None
+        self._calibration_images = None
 
     def data_config(self) -> dict:
         """The input the network was trained on: input_size, mean, std, interpolation (a family whose
@@ -189,9 +198,19 @@ class Backbone:
             return 0.0
         return self._ready(batch_size)
 
+    def calibrate(self, calibration: Calibration, preprocess) -> None:
+        """int8: quantize with this catalog sample, preprocessed by `preprocess` (read only if the
+        quantized network is not cached). Its key joins the fingerprint, so features never mix."""
+        self.calibration, self._calibration_key = calibration, calibration.key(preprocess.fingerprint())
+        self._calibration_images = functools.partial(calibration.images, preprocess)
+
     def _ready(self, batch_size: int) -> float:
+        if self.precision == "int8" and self.calibration is None:
+            raise HarnessError("backbone.precision=int8 needs a calibration sample of the catalog "
+                               "(extract draws it; Backbone.calibrate sets it).")
         key = {k: v for k, v in self.base_fingerprint.items() if k != "precision"}
-        self.runtime = self.runtime.prepare(self.embedder, batch_size, self.precision, self.device, key)
+        self.runtime = self.runtime.prepare(self.embedder, batch_size, self.precision, self.device, key,
+                                            calibration=self._calibration_images)
         return self.runtime.seconds
 
     @property
@@ -202,8 +221,11 @@ class Backbone:
 
     @property
     def base_fingerprint(self) -> dict:
-        return {"family": self.family, "arch": self.arch, "weights": self._weights_id, "node": self.node,
-                "pooling": self.pooling, "precision": self.precision, "input_size": self.input_size}
+        out = {"family": self.family, "arch": self.arch, "weights": self._weights_id, "node": self.node,
+               "pooling": self.pooling, "precision": self.precision, "input_size": self.input_size}
+        if self.precision == "int8":
+            out["calibration"] = self._calibration_key
+        return out
 
     @property
     def fingerprint(self) -> dict:

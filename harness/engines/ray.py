@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 class EmbedWorker:
     """One Ray actor: the run's backbone and preprocessing, built from its config where it runs."""
 
-    def __init__(self, config: dict, runtime, batch_size: int, expected: str):
+    def __init__(self, config: dict, runtime, batch_size: int, expected: str, calibration=None):
         import ray
         from omegaconf import OmegaConf
 
@@ -35,6 +35,8 @@ class EmbedWorker:
         cfg = OmegaConf.create(config)
         self.backbone = build_backbone(cfg, runtime=runtime)
         self.preprocess = build_preprocess(cfg.preprocess, self.backbone)
+        if calibration is not None:  # int8: the driver's sample (the files checked against their hashes if read)
+            self.backbone.calibrate(calibration, self.preprocess)
         self.backbone.prepare(batch_size)
         built = describe(self.backbone.fingerprint, self.preprocess.fingerprint())[0]
         if built != expected:  # another library version or device: its features would not be the driver's
@@ -127,7 +129,8 @@ class RayEngine(Engine):
             data = data.map_batches(EmbedWorker, batch_size=chunk, batch_format="numpy", compute=pool,
                                     num_cpus=self.num_cpus, num_gpus=self.num_gpus or None,
                                     fn_constructor_kwargs={"config": self.config, "runtime": job.backbone.runtime,
-                                                           "batch_size": job.batch_size, "expected": expected})
+                                                           "batch_size": job.batch_size, "expected": expected,
+                                                           "calibration": job.backbone.calibration})
             nodes, workers = {}, {}
             for batch in data.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
                 if not self.startup_images:  # connecting, starting workers, building networks, first batch

@@ -33,10 +33,12 @@ class Embedder(nn.Module):
 class Runtime:
     """`name`: what logs and messages call it. `fingerprint`: what it adds to the feature store's key
     (a runtime that sums in another order gives close, not equal, features: stored apart).
-    `readies_early`: extraction readies it before timing (it compiles); others ready on first use."""
+    `readies_early`: extraction readies it before timing (it compiles); others ready on first use.
+    `precisions`: the backbone.precision values it runs."""
     name = "base"
     fingerprint: dict = {}
     readies_early = False
+    precisions: tuple[str, ...] = ("bf16", "fp32")
 
     def __init__(self):
         self.ready = False
@@ -48,9 +50,10 @@ class Runtime:
         return self
 
     def prepare(self, embedder: Embedder, batch_size: int, precision: str, device: torch.device,
-                key: dict) -> "Runtime":
+                key: dict, calibration=None) -> "Runtime":
         """Ready `embedder` for batches of `batch_size`; returns the runtime that runs it (itself, or a
-        fallback when it cannot). `key` names the network (for caches)."""
+        fallback when it cannot). `key` names the network (for caches); `calibration` (int8 only): a
+        callable returning the uint8 images to quantize with."""
         raise NotImplementedError
 
     def run(self, images: torch.Tensor, n: int) -> np.ndarray:

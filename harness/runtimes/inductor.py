@@ -19,7 +19,7 @@ class InductorRuntime(TorchRuntime):
     fingerprint = {"compiled": True}
     readies_early = True
 
-    def prepare(self, embedder, batch_size, precision, device, key):
+    def prepare(self, embedder, batch_size, precision, device, key, calibration=None):
         super().prepare(embedder, batch_size, precision, device, key)
         eager = self.network
         # freezing for this compilation only (options patch Inductor's config while it compiles)

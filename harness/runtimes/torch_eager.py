@@ -12,7 +12,7 @@ class TorchRuntime(Runtime):
     name = "torch"
     fingerprint: dict = {}  # none: eager features were stored before there were runtimes
 
-    def prepare(self, embedder: Embedder, batch_size, precision, device, key):
+    def prepare(self, embedder: Embedder, batch_size, precision, device, key, calibration=None):
         net = embedder.network.to(device, memory_format=torch.channels_last)
         if precision == "bf16":
             # Autocast casts every conv/linear weight to bf16 again for each batch (its cast cache lasts

@@ -32,9 +32,16 @@ class GroupedIndex:
             self._indexes[group] = (rows, built)
         return self._indexes[group]
 
-    def search(self, query_emb, k: int, query_groups=None) -> tuple[np.ndarray, np.ndarray]:
+    def _filtered(self, group, allowed: np.ndarray):
+        """The items of `group` that `allowed` keeps, searched exactly as an index of their own (built per
+        call: a filter is a request's, and the top k among the matching items is what it asks for)."""
+        keep = allowed if group is None else allowed & (self.groups == group)
+        rows = np.flatnonzero(keep)
+        return rows, build_index(self.ref[rows], self.metric, self.kind, **self.params) if len(rows) else None
+
+    def search(self, query_emb, k: int, query_groups=None, allowed=None) -> tuple[np.ndarray, np.ndarray]:
         """(distances, indices), each (Q, k): positions in ref_emb, nearest first; -1 and inf where the
-        query's group has fewer than k items."""
+        query's group (or the items `allowed`, a boolean mask over ref_emb) has fewer than k items."""
         query = as_matrix(query_emb, "query_emb", self.ref.shape[1])
         if query_groups is None:
             parts = [(np.arange(len(query)), None)]
@@ -45,8 +52,12 @@ class GroupedIndex:
             parts = [(np.flatnonzero(query_groups == g), g) for g in dict.fromkeys(query_groups.tolist())]
         distances = np.full((len(query), k), np.inf, dtype=np.float32)
         indices = np.full((len(query), k), -1, dtype=np.int64)
+        if allowed is not None:
+            allowed = np.asarray(allowed, dtype=bool)
+            if allowed.shape != (len(self.ref),):
+                raise HarnessError(f"allowed has shape {allowed.shape} for {len(self.ref)} catalog vectors.")
         for positions, group in parts:
-            rows, index = self._part(group)
+            rows, index = self._part(group) if allowed is None else self._filtered(group, allowed)
             if index is None:
                 continue
             d, i = index.search(query[positions], k)

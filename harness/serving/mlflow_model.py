@@ -2,7 +2,7 @@
 
 Input: a DataFrame with an `image` column of base64 JPEG/PNG strings (never file names) and/or a `text`
 column (words, for a backbone with a text tower): each row is one query, a photo or words. Params: k,
-within_category, rerank_column, rerank_weight. Output: one row per (query, rank) with item_id, labels,
+within_category, rerank_column, rerank_weight, filters (a JSON object: harness.serving.filters). Output: one row per (query, rank) with item_id, labels,
 image (path relative to the catalog root), distance and similarity.
 """
 from __future__ import annotations

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from dataclasses import dataclass, fields
 from pathlib import Path, PurePath
 
@@ -86,11 +87,13 @@ class SearchOptions:
     within_category: bool = False
     rerank_column: str = ""
     rerank_weight: float = 0.0
+    filters: str = ""  # a JSON object (harness.serving.filters), e.g. {"category": "Footwear"}
 
     @classmethod
     def parse(cls, searcher, params: dict | None = None) -> "SearchOptions":
         """A request's params, checked (k first: bounds before anything is decoded); None: the model's own."""
         params = params or {}
+        k = searcher.check_k(params.get("k"))
         column = params.get("rerank_column") or ""
         if not isinstance(column, str):
             raise BadQuery("the business column must be a string")
@@ -98,11 +101,15 @@ class SearchOptions:
             weight = float(params.get("rerank_weight") or 0.0)
         except (TypeError, ValueError):
             raise BadQuery(f"rerank_weight must be a number, got {params.get('rerank_weight')!r}") from None
-        return cls(searcher.check_k(params.get("k")), bool(params.get("within_category", False)), column, weight)
+        filters = params.get("filters") or ""
+        searcher.filter.mask(filters)  # shape and columns checked with the other bounds, before any decoding
+        if isinstance(filters, dict):
+            filters = json.dumps(filters)
+        return cls(k, bool(params.get("within_category", False)), column, weight, filters)
 
     def kwargs(self) -> dict:
         return {"k": self.k, "within_category": self.within_category, "rerank_column": self.rerank_column or None,
-                "rerank_weight": self.rerank_weight}
+                "rerank_weight": self.rerank_weight, "filters": self.filters or None}
 
     @classmethod
     def spec(cls) -> list[tuple[str, type, object]]:

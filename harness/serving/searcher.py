@@ -1,13 +1,20 @@
 """Photo in, top-k catalog products out: the code the MLflow model, the demo and the API share.
 
-A Searcher holds the extractor settings, the catalog index (features, item ids, labels, image
-paths) and the metric. Built from a run's resolved config and features; saved as plain files
-(`settings.json` + `features.npy` + `catalog.csv`), never pickled objects. Results name images by
-item id and by their path relative to the catalog root: no absolute server path leaves it.
+A Searcher holds the extractor settings, the catalog (item ids, labels, image paths, features) and the
+metric. A model logged by a run names its catalog's index version (harness.index): `settings.json` and
+the fitted projection are all it carries, never pickled objects, and with `index.follow` it answers
+from the index's current version, switching to a new one (an update, a roll-back) while it serves:
+the new version is loaded beside the old one, then swapped in one assignment, and every request reads
+one version from start to end. Results name images by item id and by their path relative to the
+catalog root: no absolute server path leaves it.
 """
 from __future__ import annotations
 
 import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,34 +25,118 @@ from PIL import Image
 from harness.backbones import build_backbone
 from harness.config import instantiate
 from harness.errors import HarnessError
+from harness.index.store import IndexStore
 from harness.preprocess import build_preprocess
 from harness.projections import FittedProjection
+from harness.runtimes.calibration import Calibration
 from harness.search import GroupedIndex
+from harness.serving.filters import CatalogFilter
 from harness.serving.requests import MAX_TEXT_CHARS, MAX_UPLOAD_BYTES, BadQuery, SearchOptions, decode_upload, whole_number
 from harness.serving.settings import Settings
 
 __all__ = ["MAX_UPLOAD_BYTES", "BadQuery", "SearchOptions", "Searcher", "Settings", "decode_upload", "whole_number"]
 
+log = logging.getLogger(__name__)
+HIDDEN = ("content_hash",)  # the index's bookkeeping, not an answer's column
+
+
+@dataclass(frozen=True)
+class Served:
+    """One catalog version as searched: everything a request reads, swapped as a whole."""
+    catalog: pd.DataFrame
+    features: np.ndarray
+    index: GroupedIndex
+    images: list
+    filter: CatalogFilter
+    version: int | None
+
+
 class Searcher:
     def __init__(self, settings: Settings, catalog: pd.DataFrame, features: np.ndarray,
-                 projection: FittedProjection | None = None):
-        self.settings, self.catalog = settings, catalog.reset_index(drop=True)
+                 projection: FittedProjection | None = None, index: IndexStore | None = None,
+                 version: int | None = None, follow: bool = False, poll_seconds: float = 1.0):
+        self.settings = settings
         self.projection = projection  # fitted on the served catalog; applied to it and to every query
-        self.features = projection.transform(features) if projection is not None else features.astype(np.float32)
+        self.metric = instantiate(settings.metric)
+        self.category_level = settings.levels[0]
+        self.served = self._serve(catalog, features, version)
         # Models logged before the layer reached the backbone by interpolation (and before runtimes were a
         # group) carry the layer beside it and the runtime inside it.
         backbone = {"layer": settings.layer["name"], "pooling": settings.layer["pooling"],
                     **{k: v for k, v in settings.backbone.items() if k != "runtime"}}
         self.backbone = build_backbone({"backbone": backbone, "runtime": settings.runtime_spec()})
+        self.preprocess = build_preprocess(settings.preprocess, self.backbone)
+        if settings.calibration:
+            self.backbone.calibrate(Calibration.from_record(settings.calibration), self.preprocess)
         # Ready now (OpenVINO: converted for one image), so the first shopper does not
         # wait for it or see a weights error late.
         self.backbone.prepare(1)
         self.backbone.dim
-        self.preprocess = build_preprocess(settings.preprocess, self.backbone)
-        self.metric = instantiate(settings.metric)
-        self.category_level = settings.levels[0]
-        self.index = GroupedIndex(self.features, self.metric, groups=self.catalog[self.category_level].to_numpy())
-        self.images = [self._relative(p) for p in self.catalog["path"]]
+        self.source, self.follow, self.poll_seconds = index, follow and index is not None, poll_seconds
+        self._checked, self._loading, self._refused = time.monotonic(), threading.Lock(), None
+
+    def _serve(self, catalog: pd.DataFrame, features: np.ndarray, version: int | None) -> Served:
+        catalog = catalog.drop(columns=[c for c in HIDDEN if c in catalog]).reset_index(drop=True)
+        features = self.projection.transform(features) if self.projection is not None else features.astype(np.float32)
+        index = GroupedIndex(features, self.metric, groups=catalog[self.category_level].to_numpy())
+        return Served(catalog, features, index, [self._relative(p) for p in catalog["path"]], CatalogFilter(catalog),
+                      version)
+
+    # What a request reads: one version, taken once (self.served may be replaced meanwhile).
+    @property
+    def catalog(self) -> pd.DataFrame:
+        return self.served.catalog
+
+    @property
+    def features(self) -> np.ndarray:
+        return self.served.features
+
+    @property
+    def index(self) -> GroupedIndex:
+        return self.served.index
+
+    @property
+    def filter(self) -> CatalogFilter:
+        return self.served.filter
+
+    @property
+    def version(self) -> int | None:
+        return self.served.version
+
+    # -- following the index ------------------------------------------------------------------
+    def current(self) -> Served:
+        """The version to answer from; when following the index, a new current version found at most
+        `poll_seconds` ago starts loading in the background (requests go on with the old one)."""
+        if self.follow and time.monotonic() - self._checked >= self.poll_seconds:
+            self._checked = time.monotonic()
+            try:
+                latest = self.source.current()
+            except HarnessError as exc:
+                log.warning("index %s: %s", self.source.dir, exc)
+                latest = None
+            if latest not in (None, self.served.version, self._refused) and self._loading.acquire(blocking=False):
+                threading.Thread(target=self._load, args=(latest,), daemon=True).start()
+        return self.served
+
+    def reload(self, version: int | None = None) -> int:
+        """Load the index's current version (or `version`) and serve it; returns the version served."""
+        with self._loading:
+            self._swap(version if version is not None else self.source.current())
+        return self.served.version
+
+    def _load(self, version: int) -> None:
+        try:
+            self._swap(version)
+        except Exception as exc:  # a version that cannot be read is never served; the old one goes on
+            self._refused = version  # (and it is not read again until the index moves on)
+            log.warning("index %s version %s not served: %s", self.source.dir, version, exc)
+        finally:
+            self._loading.release()
+
+    def _swap(self, version: int) -> None:
+        snapshot = self.source.read(version)
+        self.served = self._serve(snapshot.items, snapshot.vectors, snapshot.version)
+        log.info("serving index %s version %d (%d items)", self.source.dir, snapshot.version, len(snapshot.items))
 
     def _relative(self, path: str) -> str:
         try:
@@ -55,13 +146,10 @@ class Searcher:
 
     # -- persistence: plain files only --------------------------------------------------------
     @staticmethod
-    def write(directory: Path, settings: Settings, catalog: pd.DataFrame, features: np.ndarray,
-              projection: FittedProjection | None = None) -> Path:
-        """features: the backbone's (the projection, if any, is saved beside them as two arrays)."""
+    def write(directory: Path, settings: Settings, projection: FittedProjection | None = None) -> Path:
+        """settings (naming the index version) and the projection, if any, as two arrays."""
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "settings.json").write_text(json.dumps(vars(settings), indent=2))
-        np.save(directory / "features.npy", features.astype(np.float32))
-        catalog.to_csv(directory / "catalog.csv", index=False)
         if projection is not None:
             projection.save(directory / "projection.npz")
         return directory
@@ -70,10 +158,16 @@ class Searcher:
     def load(cls, directory: str | Path) -> "Searcher":
         directory = Path(directory)
         settings = Settings(**json.loads((directory / "settings.json").read_text()))
-        catalog = pd.read_csv(directory / "catalog.csv", dtype=str, keep_default_na=False)
         projection = directory / "projection.npz"
-        return cls(settings, catalog, np.load(directory / "features.npy"),
-                   FittedProjection.load(projection) if projection.exists() else None)
+        projection = FittedProjection.load(projection) if projection.exists() else None
+        if settings.index is None:  # a model logged before indexes: its catalog inside it
+            catalog = pd.read_csv(directory / "catalog.csv", dtype=str, keep_default_na=False)
+            return cls(settings, catalog, np.load(directory / "features.npy"), projection)
+        ref = settings.index
+        store = IndexStore(ref["root"], ref["name"])
+        follow = bool(ref.get("follow", True))
+        snapshot = store.read(None if follow else ref["version"])
+        return cls(settings, snapshot.items, snapshot.vectors, projection, store, snapshot.version, follow)
 
     # -- search ------------------------------------------------------------------------------
     def embed(self, images: list[Image.Image]) -> np.ndarray:
@@ -82,14 +176,16 @@ class Searcher:
         emb = self.backbone.embed(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2))
         return self.projection.transform(emb) if self.projection is not None else emb
 
-    def predict_category(self, query_emb: np.ndarray) -> str:
+    def predict_category(self, query_emb: np.ndarray, served: Served | None = None) -> str:
         """An upload has no label: majority vote of its nearest catalog neighbours (serving.category_votes)."""
-        _, idx = self.index.search(query_emb[None], int(self.settings.category_votes))
-        return self.catalog[self.category_level].iloc[idx[0][idx[0] >= 0]].value_counts().index[0]
+        served = served or self.served
+        _, idx = served.index.search(query_emb[None], int(self.settings.category_votes))
+        return served.catalog[self.category_level].iloc[idx[0][idx[0] >= 0]].value_counts().index[0]
 
     def path_of(self, item_ids) -> list[str]:
-        """Image files of catalog items (for in-process callers such as the page)."""
-        paths = self.catalog.set_index("item_id")["path"]
+        """Image files of catalog items (for in-process callers such as the page); KeyError for an id
+        the served version does not hold."""
+        paths = self.current().catalog.set_index("item_id")["path"]
         return [paths[i] for i in item_ids]
 
     @property
@@ -127,37 +223,41 @@ class Searcher:
             raise BadQuery(f"{n} queries in one request; at most {self.settings.max_rows} (serving.max_rows)")
 
     def search(self, images: list, k: int | None = None, within_category: bool = False,
-               rerank_column: str | None = None, rerank_weight: float = 0.0) -> list[pd.DataFrame]:
+               rerank_column: str | None = None, rerank_weight: float = 0.0, filters=None) -> list[pd.DataFrame]:
         """One table per photo: rank, item_id, labels, image (relative path), distance, similarity,
-        [business score]."""
+        [business score]. `filters` (harness.serving.filters): only matching items are searched."""
+        served = self.current()  # one version for the whole request
         k = self.check_k(k)
         self.check_rows(len(images))
+        allowed = served.filter.mask(filters)  # checked before any photo is decoded
         return self._rank(self.embed([decode_upload(v, self.preprocess.decode_scale) for v in images]), "the query photo", k, within_category,
-                          rerank_column, rerank_weight)
+                          rerank_column, rerank_weight, allowed, served)
 
     def search_text(self, texts: list[str], k: int | None = None, within_category: bool = False,
-                    rerank_column: str | None = None, rerank_weight: float = 0.0) -> list[pd.DataFrame]:
+                    rerank_column: str | None = None, rerank_weight: float = 0.0, filters=None) -> list[pd.DataFrame]:
         """One table per text ("red floral summer dress"), as for photos; needs a backbone with a text tower."""
+        served = self.current()
         k = self.check_k(k)
         self.check_rows(len(texts))
+        allowed = served.filter.mask(filters)
         return self._rank(self.embed_texts(texts), "the text query", k, within_category, rerank_column,
-                          rerank_weight)
+                          rerank_weight, allowed, served)
 
     def _rank(self, query_emb: np.ndarray, what: str, k: int, within_category, rerank_column,
-              rerank_weight) -> list[pd.DataFrame]:
+              rerank_weight, allowed, served: Served) -> list[pd.DataFrame]:
         try:
             self.metric.check(query_emb, what)
         except HarnessError as exc:
             raise BadQuery(str(exc)) from None
         out = []
         for emb in query_emb:
-            predicted = self.predict_category(emb) if within_category else None
+            predicted = self.predict_category(emb, served) if within_category else None
             # Both bounded by configuration, whatever the request: k by max_k, the candidates by the catalog.
-            depth = min(max(k, int(self.settings.rerank_candidates)), len(self.catalog)) if rerank_column else k
-            dist, idx = self.index.search(emb[None], depth, None if predicted is None else [predicted])
+            depth = min(max(k, int(self.settings.rerank_candidates)), len(served.catalog)) if rerank_column else k
+            dist, idx = served.index.search(emb[None], depth, None if predicted is None else [predicted], allowed)
             found = idx[0] >= 0
-            table = self.catalog.iloc[idx[0][found]].drop(columns=["path"])
-            table["image"] = [self.images[i] for i in idx[0][found]]
+            table = served.catalog.iloc[idx[0][found]].drop(columns=["path"])
+            table["image"] = [served.images[i] for i in idx[0][found]]
             table["distance"] = dist[0][found]
             table["similarity"] = 1.0 / (1.0 + table["distance"])  # monotone, comparable across metrics
             if rerank_column:
@@ -166,6 +266,8 @@ class Searcher:
             table.insert(0, "rank", np.arange(1, len(table) + 1))
             if predicted is not None:
                 table["predicted_category"] = predicted
+            if served.version is not None:
+                table["index_version"] = served.version  # which catalog version answered
             out.append(table.reset_index(drop=True))
         return out
 

@@ -21,9 +21,15 @@ class Settings:
     # What embeds the queries (conf/runtime); models logged before runtimes were a config group named
     # theirs in backbone["runtime"] ("auto" | "torch" | "openvino").
     runtime: dict | None = None
+    # int8: the catalog sample the network was quantized with (harness.runtimes.calibration's record),
+    # so the served model quantizes the same network where it is not cached
+    calibration: dict | None = None
+    # The catalog's index (harness.index): root, name, the version the run published, and whether to
+    # follow the index's current version; None for models that carry their catalog themselves.
+    index: dict | None = None
 
     @classmethod
-    def from_cfg(cls, cfg, root: str | None, run: dict) -> "Settings":
+    def from_cfg(cls, cfg, root: str | None, run: dict, calibration=None) -> "Settings":
         from omegaconf import OmegaConf
 
         def plain(node):
@@ -33,7 +39,8 @@ class Settings:
         serving = cfg.serving
         return cls(plain(cfg.backbone), plain(cfg.layer), plain(cfg.preprocess), plain(cfg.metric), int(cfg.k),
                    list(cfg.dataset.levels), run, root, int(serving.max_k), int(serving.max_rows),
-                   int(serving.rerank_candidates), int(serving.category_votes), runtime)
+                   int(serving.rerank_candidates), int(serving.category_votes), runtime,
+                   calibration.record() if calibration is not None else None)
 
     def runtime_spec(self) -> dict:
         if self.runtime is not None:
