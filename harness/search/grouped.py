@@ -33,11 +33,12 @@ class GroupedIndex:
         return self._indexes[group]
 
     def _filtered(self, group, allowed: np.ndarray):
-        """The items of `group` that `allowed` keeps, searched exactly as an index of their own (built per
-        call: a filter is a request's, and the top k among the matching items is what it asks for)."""
+        """The items of `group` that `allowed` keeps, searched exactly as an index of their own, whatever
+        the configured index (built per call: a filter is a request's, the top k among the matching items
+        is what it asks for, and an approximate index would have to be trained for each)."""
         keep = allowed if group is None else allowed & (self.groups == group)
         rows = np.flatnonzero(keep)
-        return rows, build_index(self.ref[rows], self.metric, self.kind, **self.params) if len(rows) else None
+        return rows, build_index(self.ref[rows], self.metric, ExactIndex) if len(rows) else None
 
     def search(self, query_emb, k: int, query_groups=None, allowed=None) -> tuple[np.ndarray, np.ndarray]:
         """(distances, indices), each (Q, k): positions in ref_emb, nearest first; -1 and inf where the

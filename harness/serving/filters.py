@@ -75,9 +75,12 @@ class CatalogFilter:
             self._numbers[column] = pd.to_numeric(self.catalog[column], errors="coerce").to_numpy(np.float64)
         return self._numbers[column]
 
-    def text(self, column: str) -> np.ndarray:
+    def text(self, column: str) -> tuple[np.ndarray, dict]:
+        """A column as integer codes and the code of each value: an equality is then a comparison of
+        small integers (1M items: about 1 ms instead of 30 for the strings)."""
         if column not in self._text:
-            self._text[column] = self.catalog[column].astype(str).to_numpy(object)
+            codes, values = pd.factorize(self.catalog[column].astype(str))
+            self._text[column] = (codes, {v: i for i, v in enumerate(values)})
         return self._text[column]
 
     def mask(self, filters) -> np.ndarray | None:
@@ -107,12 +110,13 @@ class CatalogFilter:
         return out
 
     def _equals(self, column: str, value) -> np.ndarray:
+        codes, lookup = self.text(column)
         if isinstance(value, bool):
-            text = np.char.lower(self.text(column).astype(str))
-            truth = np.isin(text, list(TRUE))
-            if not np.isin(text, list(TRUE | FALSE)).all():
+            spelled = {v.lower() for v in lookup}
+            if not spelled <= TRUE | FALSE:
                 raise BadQuery(f"filter {column!r}: a boolean condition on a column that is not true/false")
-            return truth if value else ~truth
+            wanted = [i for v, i in lookup.items() if (v.lower() in TRUE) == value]
+            return np.isin(codes, wanted)
         if isinstance(value, (int, float)):
             return self.numbers(column) == float(value)
-        return self.text(column) == value
+        return codes == lookup[value] if value in lookup else np.zeros(len(codes), dtype=bool)
