@@ -167,7 +167,10 @@ def build_demo(searcher: Searcher, info: dict, examples: int = 12, seed: int = 0
         filters, problem = filters_of(categories, column, low, high, extra)
         if problem:
             return None, [], problem, history
-        [path] = searcher.path_of([example_ids[evt.index]])
+        try:
+            [path] = searcher.path_of([example_ids[evt.index]])
+        except KeyError:  # removed from the catalog by an index update since the page was built
+            return None, [], f"Catalog example {example_ids[evt.index]} is no longer in the catalog.", history
         out = run_search(searcher, Path(path), k, same_category, rerank_column, rerank_weight, history,
                          str(request.base_url), filters=filters)
         return (None, *out[:1], f"Query: catalog example {example_ids[evt.index]}. " + out[1], out[2])

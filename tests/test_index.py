@@ -62,6 +62,8 @@ def test_versions_hold_only_their_changes_and_are_checked_when_read(tmp_path):
     segment.write_bytes(bytes(data))
     with pytest.raises(HarnessError, match="does not match the digest"):
         store.read(1)
+    with pytest.raises(HarnessError, match="is not on this machine"):
+        IndexStore(tmp_path / "elsewhere", "shop").read()
 
 
 CRASHING_BUILD = """

@@ -90,6 +90,9 @@ class IndexStore:
 
     def read(self, version: int | None = None) -> Snapshot:
         """A version (default: the current one) with every file checked against its recorded digest."""
+        if not self.dir.exists():
+            raise HarnessError(f"index {self.dir} is not on this machine: serve the model where index.root "
+                               "is mounted at the same path, or build the index here (python -m harness.index build).")
         version = self.current() if version is None else int(version)
         if version is None:
             raise HarnessError(f"index {self.dir} has no version yet: build it with python -m harness.index build.")
