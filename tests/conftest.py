@@ -5,7 +5,9 @@ subcategory = colour, so retrieval quality is checkable (a red circle must find 
 """
 from __future__ import annotations
 
+import atexit
 import csv
+import shutil
 import socket
 import subprocess
 import sys
@@ -80,6 +82,8 @@ def catalog_dir(tmp_path) -> Path:
 # Networks converted by OpenVINO are shared by the whole session (each would otherwise be converted again
 # in every test's own folder); everything else a test writes stays under its tmp_path.
 OPENVINO_CACHE = Path(tempfile.mkdtemp(prefix="harness-openvino-"))
+# gone with the session: the networks of one full run fill 2.2 GB, and each session makes a new folder
+atexit.register(shutil.rmtree, OPENVINO_CACHE, ignore_errors=True)
 SHARED = (f"paths.openvino={OPENVINO_CACHE}",)
 
 
