@@ -51,8 +51,10 @@ def main(argv=None):
         row["total_bytes"] = row["model_bytes"] + row["index_bytes"]
         rows.append(row)
         print(row, flush=True)
-    args.out.write_text(json.dumps({"section": "sweep_artifacts", "date": time.strftime("%Y-%m-%d"), "rows": rows},
-                                   indent=2))
+    from bench import machine  # the CPU and its ISA flags, as every benchmark records them
+
+    args.out.write_text(json.dumps({"section": "sweep_artifacts", "machine": machine(), "date": time.strftime("%Y-%m-%d"),
+                                    "rows": rows}, indent=2))
     print(f"written to {args.out}")
 
 
