@@ -10,6 +10,7 @@
     python experiments/bench.py decode --quality   # JPEG scaled vs full decoding on 1080x1440 copies
     python experiments/bench.py int8 --quality     # OpenVINO int8 vs fp32 and bf16 (--max-isa AVX2: as on AVX2)
     python experiments/bench.py index              # the served index over 1M x 1280: build, 1 % update, queries
+    python experiments/bench.py milvus             # index.backend=milvus on Milvus Lite: FLAT, HNSW, IVF_FLAT vs exact
 
 Every number is measured in the same process, on this machine, in the run that prints it. Every
 component comes from the project's config through `harness.pipeline.build`, as a run builds it.
@@ -17,6 +18,7 @@ component comes from the project's config through `harness.pipeline.build`, as a
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -27,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from omegaconf import OmegaConf
 
 from harness.backbones.base import cpu_has_bf16
 from harness.config import CONFIG_DIR, ROOT, compose_config, instantiate
@@ -535,64 +538,148 @@ def rss_mib() -> float:
     return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def catalog_table(ids, rng) -> pd.DataFrame:
+    """Items of a synthetic catalog: ids, hashes, paths, a category, a price, and a shard column whose
+    value "7" keeps 1 % of the items (the benchmarks' filter)."""
+    return pd.DataFrame({"item_id": ids, "content_hash": [f"{i:040x}" for i in rng.integers(0, 2**62, len(ids))],
+                         "path": [f"/catalog/{i}.jpg" for i in ids], "category": rng.choice(["a", "b", "c"], len(ids)),
+                         "price": rng.integers(1, 500, len(ids)).astype(str),
+                         "shard": rng.integers(0, 100, len(ids)).astype(str)})
+
+
+def bench_milvus(args) -> list[dict]:
+    """index.backend=milvus on Milvus Lite: syncing an index version of N clustered vectors into a
+    collection (FLAT: exact; HNSW and IVF_FLAT: approximate), then one-query latency through
+    MilvusIndex.search with and without a filter keeping 1 % of the items, and recall@k against the
+    in-process exact search on the same rows (FLAT's neighbours must be the same)."""
+    from harness.index import IndexStore
+    from harness.index.milvus import MilvusIndex
+    from harness.metrics import Cosine
+    from harness.search import ExactIndex
+    from harness.serving.filters import CatalogFilter
+
+    n, d = args.n, args.dim
+    rng = np.random.default_rng(0)
+    variants = {"FLAT": ({"index_type": "FLAT", "params": {}}, {}),
+                "HNSW": ({"index_type": "HNSW", "params": {"M": 16, "efConstruction": 128}}, {"ef": args.ef}),
+                "IVF_FLAT": ({"index_type": "IVF_FLAT", "params": {"nlist": int(4 * np.sqrt(n))}}, {"nprobe": args.nprobe})}
+    out = []
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        store = IndexStore(tmp, "bench")
+        store.commit(catalog_table(np.array([f"item-{i}" for i in range(n)]), rng), clustered(n, d, 0, centres=args.centres),
+                     full=True)
+        snap = store.read()
+        exact, masks = ExactIndex(snap.vectors, Cosine()), CatalogFilter(snap.items)
+        queries = clustered(args.queries, d, 1, centres=args.centres)
+        conditions = {"no_filter": None, "filter_1pct": {"shard": "7"}}
+        truth = {label: exact.search_rows(queries, args.k, None if c is None else np.flatnonzero(masks.mask(c)))[1]
+                 for label, c in conditions.items()}
+        for name in args.variants:
+            index_params, search_params = variants[name]
+            milvus = MilvusIndex(str(Path(tmp) / f"{name}.db"), store, {"_target_": "harness.metrics.Cosine"}, None,
+                                 index_params)
+            t0 = time.perf_counter()
+            milvus.sync()
+            build_s = time.perf_counter() - t0
+            row = {"index": name, "index_params": index_params["params"], "search_params": search_params, "n": n,
+                   "dim": d, "queries": args.queries, "sync_seconds": round(build_s, 2), "latency": {},
+                   f"recall_at_{args.k}": {}}
+            for label, condition in conditions.items():
+                milvus.search(queries[:1], args.k, snap.version, condition, search_params=search_params)  # warm-up
+                times, found = [], []
+                for q in queries:
+                    t0 = time.perf_counter()
+                    _, rid = milvus.search(q[None], args.k, snap.version, condition, search_params=search_params)
+                    times.append((time.perf_counter() - t0) * 1000)
+                    found.append(np.searchsorted(snap.ids, rid[0]))
+                row["latency"][label] = {"p50_ms": round(float(np.percentile(times, 50)), 1),
+                                         "p99_ms": round(float(np.percentile(times, 99)), 1)}
+                row[f"recall_at_{args.k}"][label] = round(float(np.mean(
+                    [len(set(f) & set(t)) / args.k for f, t in zip(found, truth[label])])), 4)
+                if name == "FLAT":
+                    row.setdefault("same_neighbours_as_faiss_exact", {})[label] = round(float(np.mean(
+                        [list(f) == list(t) for f, t in zip(found, truth[label])])), 4)
+            print(row, flush=True)
+            out.append(row)
+            milvus.drop()
+            milvus.client.close()
+    return out
+
+
 def bench_index(args) -> list[dict]:
     """The served catalog index at catalog scale (harness.index): a full build of N clustered vectors
-    with their items (ids, hashes, paths, a category, a price, a shard column), an update of 1 % (as many
-    added as removed), reading the current version as a served model does (every file's digest checked),
-    and one-query latency over it through the served search (exact, cosine), with and without a filter
-    that keeps 1 % of the items."""
+    with their items (ids, hashes, paths, a category, a price, a shard column) and the served search
+    structure (conf/search/<args.search>.yaml, cosine), an update of 1 % (as many added as removed) with
+    the structure moved in place, loading the current version as a served model does (every file's
+    digest checked), and one-query latency through the served search with and without a filter that
+    keeps 1 % of the items (filtered: exact on the matching items), recall@k against exact search."""
     from harness.index import IndexStore
-    from harness.metrics import Cosine
+    from harness.index.store import Snapshot, row_ids
+    from harness.index.structures import Structures, refresh
     from harness.search import GroupedIndex
     from harness.serving.filters import CatalogFilter
 
     n, d, m = args.n, args.dim, max(1, int(args.n * args.update_fraction))
-
-    def table(ids, rng):
-        return pd.DataFrame({"item_id": ids, "content_hash": [f"{i:040x}" for i in rng.integers(0, 2**62, len(ids))],
-                             "path": [f"/catalog/{i}.jpg" for i in ids], "category": rng.choice(["a", "b", "c"], len(ids)),
-                             "price": rng.integers(1, 500, len(ids)).astype(str),
-                             "shard": rng.integers(0, 100, len(ids)).astype(str)})
+    spec = OmegaConf.to_container(compose_config(f"search={args.search}").search.index, resolve=True)
+    metric = {"_target_": "harness.metrics.Cosine"}
 
     rng = np.random.default_rng(0)
     vectors = clustered(n, d, 0, centres=args.centres)
-    items = table(np.array([f"item-{i}" for i in range(n)]), rng)
+    items = catalog_table(np.array([f"item-{i}" for i in range(n)]), rng)
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         store = IndexStore(tmp, "bench")
         t0 = time.perf_counter()
-        store.commit(items, vectors, full=True)
+        version = store.commit(items, vectors, full=True)
+        store_s = time.perf_counter() - t0
+        structures = Structures(store, metric, spec)
+        manifest = store.manifest(version)
+        structures.open(Snapshot(version, items, vectors, manifest, row_ids(manifest)))  # trains and saves
         build_s = time.perf_counter() - t0
-        added = table(np.array([f"new-{i}" for i in range(m)]), rng)
+        added = catalog_table(np.array([f"new-{i}" for i in range(m)]), rng)
         removed = set(rng.choice(items["item_id"].to_numpy(), m, replace=False))
         fresh = clustered(m, d, 2, centres=args.centres)
         del vectors, items
+        gc.collect()
         t0 = time.perf_counter()
-        store.commit(added, fresh, removed, parent=1)
+        version = store.commit(added, fresh, removed, parent=version)
+        commit_s = time.perf_counter() - t0
+        moved = refresh(store, version, fresh)
         update_s = time.perf_counter() - t0
+        assert moved == [structures.key], moved
         disk = {p.name: sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) for p in (Path(tmp) / "bench" / "segments").iterdir()}
+        structure_bytes = sum(f.stat().st_size for f in structures.dir.glob("*.faiss"))
         before = rss_mib()
         t0 = time.perf_counter()
         snap = store.read()
-        index, filters = GroupedIndex(snap.vectors, Cosine()), CatalogFilter(snap.items)
+        whole = structures.open(snap)
+        index, filters = GroupedIndex(snap.vectors, structures.metric, whole=whole), CatalogFilter(snap.items)
         load_s = time.perf_counter() - t0
         served_mib = rss_mib() - before
         queries = clustered(args.queries, d, 1, centres=args.centres)
-        latency = {}
+        latency, recall = {}, {}
         for label, condition in (("no_filter", None), ("filter_1pct", {"shard": "7"})):
-            index.search(queries[:1], args.k, allowed=filters.mask(condition))  # warm-up, not timed
-            times = []
+            allowed = None if condition is None else filters.mask(condition)
+            index.search(queries[:1], args.k, allowed=allowed)  # warm-up, not timed
+            times, found = [], []
             for q in queries:
                 t0 = time.perf_counter()
-                index.search(q[None], args.k, allowed=filters.mask(condition))
+                allowed = None if condition is None else filters.mask(condition)
+                found.append(index.search(q[None], args.k, allowed=allowed)[1][0])
                 times.append((time.perf_counter() - t0) * 1000)
+            rows = None if condition is None else np.flatnonzero(filters.mask(condition))
+            truth = whole.search_rows(queries, args.k, rows)[1]  # exact, on the same rows
+            recall[label] = round(float(np.mean([len(set(f) & set(t)) / args.k for f, t in zip(found, truth)])), 4)
             latency[label] = {"p50_ms": round(float(np.percentile(times, 50)), 1),
                               "p99_ms": round(float(np.percentile(times, 99)), 1)}
         kept = int(filters.mask({"shard": "7"}).sum())
-    row = {"n": n, "dim": d, "update": {"added": m, "removed": m}, "build_seconds": round(build_s, 2),
+    row = {"n": n, "dim": d, "search": {k: v for k, v in spec.items() if k != "_partial_"},
+           "effective_nlist": int(whole.faiss.nlist) if hasattr(whole, "faiss") else None,
+           "update": {"added": m, "removed": m}, "store_build_seconds": round(store_s, 2),
+           "build_seconds": round(build_s, 2), "update_store_seconds": round(commit_s, 2),
            "update_seconds": round(update_s, 2), "update_vs_build": round(update_s / build_s, 4),
            "load_seconds": round(load_s, 2), "served_rss_mib": round(served_mib, 1), "items_served": len(snap.items),
-           "segment_bytes": sorted(disk.values(), reverse=True), "filter_keeps": kept, "queries": args.queries,
-           "latency": latency, "search": "exact (recall 1.0 by construction)"}
+           "segment_bytes": sorted(disk.values(), reverse=True), "structure_bytes_per_version": structure_bytes // 2,
+           "filter_keeps": kept, "queries": args.queries, "latency": latency, f"recall_at_{args.k}": recall}
     print(row, flush=True)
     return [row]
 
@@ -698,8 +785,18 @@ def main(argv=None):
     ix.add_argument("--dim", type=int, default=1280)
     ix.add_argument("--centres", type=int, default=10_000)
     ix.add_argument("--update-fraction", type=float, default=0.01)
-    ix.add_argument("--queries", type=int, default=50)
+    ix.add_argument("--queries", type=int, default=200)
+    ix.add_argument("--search", default="ivf", help="the served structure: conf/search/<name>.yaml")
     ix.add_argument("--tmp", default=None, help="where the index is written (default: the system's temp dir)")
+    mv = sub.add_parser("milvus", help="index.backend=milvus on Milvus Lite: sync, latency, recall vs exact")
+    mv.add_argument("--n", type=int, default=100_000)
+    mv.add_argument("--dim", type=int, default=1280)
+    mv.add_argument("--centres", type=int, default=1000)
+    mv.add_argument("--queries", type=int, default=200)
+    mv.add_argument("--variants", nargs="+", default=["FLAT", "HNSW", "IVF_FLAT"])
+    mv.add_argument("--ef", type=int, default=64)
+    mv.add_argument("--nprobe", type=int, default=16)
+    mv.add_argument("--tmp", default=None, help="where the index and Milvus Lite's files go")
     i8 = sub.add_parser("int8", help="OpenVINO int8 (NNCF) vs fp32 and bf16 through the harness")
     i8.add_argument("--catalog", type=Path, default=DEFAULT_CATALOG)
     i8.add_argument("--backbones", nargs="+", default=["efficientnet_lite0", "resnet50"])
@@ -715,7 +812,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     sections = {"extract": bench_extract, "search": bench_search, "ann": bench_ann, "grid": bench_grid,
                 "serve": bench_serve, "peak": bench_peak, "scale": bench_scale, "decode": bench_decode,
-                "int8": bench_int8, "index": bench_index}
+                "int8": bench_int8, "index": bench_index,
+                "milvus": bench_milvus}
     rows = sections[args.section](args)
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"section": args.section, "machine": machine(), "date": time.strftime("%Y-%m-%d"), "rows": rows}

@@ -76,5 +76,7 @@ def validate(cfg) -> None:
     _whole(cfg.extract.calibration.seed, "extract.calibration.seed", 0)
     for limit in ("max_k", "max_rows", "rerank_candidates", "category_votes"):
         _whole(cfg.serving[limit], f"serving.{limit}", 1)
+    if cfg.index.backend not in ("faiss", "milvus"):
+        raise HarnessError(f"index.backend must be faiss or milvus; got {cfg.index.backend!r}.")
     if cfg.store.dtype not in ("float32", "float16"):
         raise HarnessError(f"store.dtype must be float32 or float16; got {cfg.store.dtype!r}.")

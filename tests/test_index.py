@@ -147,14 +147,16 @@ def test_update_embeds_only_new_and_changed_images_and_deletes_what_is_gone(cfg_
     assert update(build(cfg))["version"] == again["version"]
 
 
-def test_served_searcher_swaps_versions_under_concurrent_queries(cfg_factory, catalog_dir, tmp_path):
+@pytest.mark.parametrize("search", ["exact", "ivf"])
+def test_served_searcher_swaps_versions_under_concurrent_queries(cfg_factory, catalog_dir, tmp_path, search):
     from harness.serving.searcher import Searcher, Settings
 
     manifest = pd.read_csv(catalog_dir / "manifest.csv", dtype=str)
     manifest["edition"] = "old"
     manifest.to_csv(catalog_dir / "manifest.csv", index=False)
     cfg = cfg_factory("dataset=products", f"dataset.root={catalog_dir}", "backbone.weights=random",
-                      "backbone.input_size=64", "runtime=torch", "tracker=none")
+                      "backbone.input_size=64", "runtime=torch", "tracker=none", f"search={search}",
+                      *(["search.index.nlist=4"] if search == "ivf" else []))
     pipe = build(cfg)
     build_index(pipe)
     index = open_index(cfg)
@@ -180,7 +182,9 @@ def test_served_searcher_swaps_versions_under_concurrent_queries(cfg_factory, ca
     manifest["edition"] = "new"  # every item's values change, and one item is added
     manifest = pd.concat([manifest, manifest.iloc[[0]].assign(item_id="extra-0")], ignore_index=True)
     manifest.to_csv(catalog_dir / "manifest.csv", index=False)
-    assert update(pipe)["version"] == 2
+    result = update(pipe)
+    # the served IVF structure (built when the model loaded) moved to the new version by the update
+    assert result["version"] == 2 and result["structures_moved"] == (search == "ivf")
     for _ in range(300):  # bounded: the searcher finds the new version within seconds
         if searcher.version == 2:
             break
@@ -215,3 +219,53 @@ def test_runs_of_a_sweep_publish_the_catalog_once(cfg_factory, catalog_dir, tmp_
     assert len(models) == 2 and all(json.loads(m.read_text())["index"]["version"] == 1 for m in models)
     for model in models:  # no catalog vectors in a model
         assert not list(model.parent.glob("*.npy")) and not (model.parent / "catalog.csv").exists()
+
+
+def test_an_ivf_structure_moves_in_place_with_the_versions_and_is_checked_when_read(tmp_path):
+    from harness.index.structures import Structures, refresh
+    from harness.search import ExactIndex
+    from harness.search.ivf import IVFIndex
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(20, 8)).astype(np.float32) * 4
+    def clustered(n, seed):
+        r = np.random.default_rng(seed)
+        return (centres[r.integers(0, 20, n)] + r.normal(size=(n, 8))).astype(np.float32)
+
+    store = IndexStore(tmp_path, "shop")
+    ids = [f"i{n}" for n in range(600)]
+    store.commit(items(ids), clustered(600, 1), full=True)
+    spec = {"_target_": "harness.search.ivf.IVFIndex", "_partial_": True, "nlist": 16, "nprobe": 16, "rerank": 4}
+    metric = {"_target_": "harness.metrics.Cosine"}
+    structures = Structures(store, metric, spec)
+    first = structures.open(store.read())
+    assert isinstance(first, IVFIndex) and (structures.dir / "1.faiss").exists()
+    trained = first.faiss.quantizer.reconstruct_n(0, 16)
+
+    # 10 % changed: 60 removed, 60 added; the structure follows without being trained again
+    gone = set(ids[:60])
+    added = items([f"n{n}" for n in range(60)], "new")
+    fresh = clustered(60, 2)
+    version = store.commit(added, fresh, gone, parent=1)
+    assert refresh(store, version, fresh) == [structures.key]
+    record = json.loads((structures.dir / f"{version}.json").read_text())
+    assert record["from_parent"] == 1 and record["rows"] == 600
+    snap = store.read()
+    moved = structures.open(snap)
+    np.testing.assert_array_equal(moved.faiss.quantizer.reconstruct_n(0, 16), trained)  # same cells
+    assert moved.faiss.ntotal == 600
+    # every cell scanned (nprobe = nlist): the moved structure's answers are the exact ones
+    queries = clustered(30, 3)
+    exact = ExactIndex(snap.vectors, structures.metric).search(queries, 5)
+    d, i = moved.search(queries, 5)
+    np.testing.assert_array_equal(i, exact[1])
+    np.testing.assert_allclose(d, exact[0], rtol=1e-5, atol=1e-5)
+    assert not set(snap.items["item_id"].iloc[i.ravel()]) & gone
+
+    # a structure file that does not match its digest is never used: built again from the vectors
+    with open(structures.dir / f"{version}.faiss", "r+b") as fh:
+        fh.seek(200)
+        fh.write(b"\0" * 16)
+    rebuilt = structures.open(store.read())
+    assert json.loads((structures.dir / f"{version}.json").read_text())["from_parent"] is not None
+    np.testing.assert_array_equal(rebuilt.search(queries, 5)[1], exact[1])

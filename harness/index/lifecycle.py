@@ -17,6 +17,8 @@ from harness.errors import HarnessError
 from harness.extract import extract, hash_files
 from harness.index.publish import diff, index_name, served_items
 from harness.index.store import IndexStore
+from harness.index.milvus import MilvusBusy, MilvusIndex, from_reference, reference
+from harness.index.structures import refresh
 from harness.runtimes.calibration import Calibration
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,25 @@ def manifest_info(pipe, fingerprint: str, catalog_root) -> dict:
             "calibration": calibration.record() if calibration is not None else None}
 
 
+def sync_milvus(cfg, index: IndexStore, version: int, new_items=None, new_vectors=None) -> list[str]:
+    """Every Milvus copy of the index (those recorded, and with index.backend=milvus the config's) made
+    to hold `version`: a full version copied, an update applied in place. Returns how, per copy."""
+    from omegaconf import OmegaConf
+
+    copies = {m.key: m for m in MilvusIndex.known(index)}
+    named = from_reference(reference(cfg), index, OmegaConf.to_container(cfg.metric, resolve=True))
+    if named is not None:
+        copies.setdefault(named.key, named)
+    done = []
+    for copy in copies.values():
+        try:
+            done.append(copy.sync(version, new_items, new_vectors))
+        except MilvusBusy as exc:  # the serving process holds the Lite file: it syncs when it loads the version
+            log.warning("%s", exc)
+            done.append("deferred to the process serving it")
+    return done
+
+
 def build(pipe) -> dict:
     """A full version of the catalog as it is now; returns what it did."""
     catalog = pipe.dataset.load()
@@ -45,8 +66,9 @@ def build(pipe) -> dict:
     counts = {"added": int(keep.sum()), "changed": 0, "removed": 0, "unchanged": 0}
     version = index.commit(served_items(catalog.items[keep]), feats.emb[keep], full=True,
                            info={**manifest_info(pipe, feats.fingerprint, catalog.root), "counts": counts})
+    milvus = sync_milvus(pipe.cfg, index, version)
     return {"index": str(index.dir), "version": version, **counts, "skipped": len(feats.skipped),
-            "embedded": feats.extracted}
+            "embedded": feats.extracted, **({"milvus": milvus} if milvus else {})}
 
 
 def update(pipe) -> dict:
@@ -89,8 +111,11 @@ def update(pipe) -> dict:
     if not len(todo) and not changes["removed"]:
         return {"index": str(index.dir), "version": current, **counts, "skipped": skipped, "embedded": 0}
     info = {**before.manifest, "counts": counts}
-    for key in ("version", "parent", "created", "dim", "segments"):
+    for key in ("version", "parent", "created", "dim", "segments", "next_id"):
         info.pop(key, None)
     version = index.commit(todo, vectors, set(changes["removed"]), parent=current, info=info)
+    moved = refresh(index, version, vectors)  # served approximate structures follow, moved in place
+    milvus = sync_milvus(cfg, index, version, todo, vectors)
     log.info("index %s: version %d (%s)", index.dir, version, ", ".join(f"{v} {k}" for k, v in counts.items()))
-    return {"index": str(index.dir), "version": version, **counts, "skipped": skipped, "embedded": embedded}
+    return {"index": str(index.dir), "version": version, **counts, "skipped": skipped, "embedded": embedded,
+            "structures_moved": len(moved), **({"milvus": milvus} if milvus else {})}

@@ -54,6 +54,8 @@ class Snapshot:
     items: pd.DataFrame
     vectors: np.ndarray
     manifest: dict
+    ids: np.ndarray | None = None  # each row's id in the index (ascending, never reused): what search
+    # structures name rows by across versions; None for versions written before segments had ids
 
 
 class IndexStore:
@@ -88,8 +90,9 @@ class IndexStore:
         folder = self.dir / "versions"
         return sorted(int(p.stem) for p in folder.glob("*.json")) if folder.exists() else []
 
-    def read(self, version: int | None = None) -> Snapshot:
-        """A version (default: the current one) with every file checked against its recorded digest."""
+    def read(self, version: int | None = None, vectors: bool = True) -> Snapshot:
+        """A version (default: the current one) with every file it reads checked against its recorded
+        digest; `vectors=False`: its items only (a backend that searches elsewhere), vectors (0, dim)."""
         if not self.dir.exists():
             raise HarnessError(f"index {self.dir} is not on this machine: serve the model where index.root "
                                "is mounted at the same path, or build the index here (python -m harness.index build).")
@@ -101,6 +104,8 @@ class IndexStore:
         for segment in manifest["segments"]:
             folder = self.dir / "segments" / segment["id"]
             for file, digest in segment["sha256"].items():
+                if file == "vectors.npy" and not vectors:
+                    continue
                 path = folder / file
                 if not path.exists() or _sha256(path) != digest:
                     raise HarnessError(f"index {self.dir} version {version}: {path} does not match the digest "
@@ -110,6 +115,9 @@ class IndexStore:
             keep[np.asarray(segment.get("deleted", []), dtype=np.int64)] = False
             tables.append(items[keep])
             parts.append((folder / "vectors.npy", keep))
+        if not vectors:
+            items = pd.concat(tables, ignore_index=True).fillna("") if tables else pd.DataFrame(columns=["item_id"])
+            return Snapshot(version, items, np.zeros((0, manifest["dim"]), np.float32), manifest, row_ids(manifest))
         # The live rows copied once into one array (each segment's file mapped, not read whole)
         vectors = np.empty((sum(int(k.sum()) for _, k in parts), manifest["dim"]), np.float32)
         at = 0
@@ -120,7 +128,7 @@ class IndexStore:
                 vectors[at:at + len(block)] = block
                 at += len(block)
         items = pd.concat(tables, ignore_index=True).fillna("") if tables else pd.DataFrame(columns=["item_id"])
-        return Snapshot(version, items, vectors, manifest)
+        return Snapshot(version, items, vectors, manifest, row_ids(manifest))
 
     # -- writing ------------------------------------------------------------------------------
     def commit(self, items: pd.DataFrame, vectors: np.ndarray, remove: set | None = None, *,
@@ -140,10 +148,14 @@ class IndexStore:
             if parent is not None and parent != current:
                 raise HarnessError(f"index {self.dir} moved to version {current} while this update was based on "
                                    f"{parent}; run the update again.")
-            base = [] if full or current is None else self.manifest(current)["segments"]
+            parent_manifest = None if current is None else self.manifest(current)
+            base = [] if full or current is None else parent_manifest["segments"]
             segments = self._delete(base, set(remove or ()) | set(items["item_id"]))
+            # Row ids are never reused within an index (a full build continues after the last one too)
+            first = max(next_id(parent_manifest["segments"]) if parent_manifest else 0,
+                        (parent_manifest or {}).get("next_id", 0))
             if len(items):
-                segments.append(self._write_segment(items, vectors))
+                segments.append(self._write_segment(items, vectors, first))
             number = max(self.versions(), default=0) + 1
             dims = {int(vectors.shape[1])} if len(items) else set()
             if current is not None and not full:
@@ -151,7 +163,8 @@ class IndexStore:
             if len(dims) > 1:
                 raise HarnessError(f"vectors of {sorted(dims)} dimensions in one index.")
             manifest = {"version": number, "parent": None if full else current, "created": time.time(),
-                        "dim": dims.pop() if dims else 0, "segments": segments, **(info or {})}
+                        "dim": dims.pop() if dims else 0, "segments": segments, "next_id": first + len(items),
+                        **(info or {})}
             (self.dir / "versions").mkdir(exist_ok=True)
             _write_atomically(self.dir / "versions" / f"{number}.json", json.dumps(manifest, indent=1))
             self.point(number, locked=True)
@@ -179,7 +192,7 @@ class IndexStore:
                 out.append(segment)
         return out
 
-    def _write_segment(self, items: pd.DataFrame, vectors: np.ndarray) -> dict:
+    def _write_segment(self, items: pd.DataFrame, vectors: np.ndarray, base: int) -> dict:
         sid = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
         folder = self.dir / "segments" / sid
         partial = folder.with_name(f".{sid}.partial")
@@ -191,4 +204,22 @@ class IndexStore:
             with open(partial / name, "rb") as fh:
                 os.fsync(fh.fileno())
         os.replace(partial, folder)
-        return {"id": sid, "rows": len(items), "sha256": digests, "deleted": []}
+        return {"id": sid, "rows": len(items), "base": base, "sha256": digests, "deleted": []}
+
+
+def next_id(segments: list[dict]) -> int:
+    """The first row id after every segment's (a new segment's rows continue from there)."""
+    return max((s.get("base", 0) + s["rows"] for s in segments), default=0)
+
+
+def row_ids(manifest: dict) -> np.ndarray | None:
+    """The ids of a version's live rows, in the order they are read (ascending: segments are appended)."""
+    segments = manifest["segments"]
+    if any("base" not in s for s in segments):
+        return None
+    parts = []
+    for s in segments:
+        keep = np.ones(s["rows"], dtype=bool)
+        keep[np.asarray(s.get("deleted", []), dtype=np.int64)] = False
+        parts.append(s["base"] + np.flatnonzero(keep))
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)

@@ -54,27 +54,54 @@ class Index:
     faiss_metrics: tuple = ()     # approximate indexes: the FAISS metrics they serve; () = any Distance
     chunk_bytes = CHUNK_BYTES     # distance block held at once (a test makes it small)
 
-    def __init__(self, ref_emb: np.ndarray, metric: Distance):
+    def __init__(self, ref_emb: np.ndarray, metric: Distance, shift: np.ndarray | None = None):
         self.metric = metric
         ref = as_matrix(ref_emb, "ref_emb")
         metric.check(ref, "ref_emb")
         self.dim = ref.shape[1]
-        self.shift = metric.offset(ref) if len(ref) else None
-        self.ref = self.prepare(self._centre(ref))
+        # `shift`: a restored structure's own (the catalog mean it was built on), so its vectors and the
+        # exact side agree; translation-invariant distances do not depend on which mean it is
+        self.shift = shift if shift is not None else metric.offset(ref) if len(ref) else None
+        self.ref = self.prepare(self._centre(ref))  # the exact index's catalog side, whatever the index
 
     def _centre(self, x: np.ndarray) -> np.ndarray:
         return x - self.shift if self.shift is not None else x
 
     def prepare(self, ref_emb: np.ndarray) -> np.ndarray:
-        return self.metric.transform(ref_emb)
+        return self.metric.prepare_ref(ref_emb)
 
-    def search(self, query_emb, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(distances, indices), each (Q, min(k, N)), nearest first; indices are catalog positions."""
+    def _query(self, query_emb, k) -> tuple[np.ndarray, int]:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise HarnessError(f"k must be a whole number >= 1, got {k!r}.")
         query = as_matrix(query_emb, "query_emb", self.dim)
         self.metric.check(query, "query_emb")
-        query = self.metric.transform(self._centre(query))
+        return self.metric.transform(self._centre(query)), int(k)
+
+    def search_rows(self, query_emb, k: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top k among catalog `rows` (positions; None: all of them), whatever the index: a filtered
+        request's answer (the k best of the matching items, never fewer because an approximate structure
+        missed some). (distances, indices) as `search`, -1 / inf past the rows there are."""
+        query, k = self._query(query_emb, k)
+        return self._exact(query, k, rows)
+
+    def _exact(self, query: np.ndarray, k: int, rows: np.ndarray | None = None):
+        """Transformed queries against the exact side, in blocks of at most chunk_bytes of scores."""
+        sub = self.ref if rows is None else self.ref[rows]
+        distances = np.full((len(query), k), np.inf, np.float32)
+        indices = np.full((len(query), k), -1, np.int64)
+        if len(sub) == 0 or len(query) == 0:
+            return distances, indices
+        step = max(1, self.chunk_bytes // (4 * len(sub)))
+        for s in range(0, len(query), step):
+            q = query[s:s + step]
+            scores, idx = top_k(self.metric.scores(q, sub), k)
+            distances[s:s + step, :idx.shape[1]] = self.metric.to_distance(scores, q)
+            indices[s:s + step, :idx.shape[1]] = idx if rows is None else np.asarray(rows)[idx]
+        return distances, indices
+
+    def search(self, query_emb, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(distances, indices), each (Q, min(k, N)), nearest first; indices are catalog positions."""
+        query, k = self._query(query_emb, k)
         k_eff = min(int(k), len(self.ref))
         if len(query) == 0 or k_eff == 0:
             return np.empty((len(query), k_eff), np.float32), np.empty((len(query), k_eff), np.int64)
@@ -98,7 +125,7 @@ def check_index(factory, metric: Distance, params: dict | None = None) -> None:
     if not (isinstance(cls, type) and issubclass(cls, Index)):
         raise HarnessError(f"search.index must build an harness.search.base.Index subclass; got {cls!r}.")
     given = {**(factory.keywords if isinstance(factory, functools.partial) else {}), **(params or {})}
-    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "ref_emb", "metric")]
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "ref_emb", "metric", "ids")]
     unknown = sorted(set(given) - set(accepted))
     if unknown:
         raise HarnessError(f"search.index: unknown key(s) {', '.join(unknown)} for search={cls.name}; "

@@ -15,7 +15,8 @@ class GroupedIndex:
     per-category index): one index per group, built on first use. The harness's evaluation and the
     served searcher both search through it."""
 
-    def __init__(self, ref_emb, metric: Distance, groups=None, index=None, **params):
+    def __init__(self, ref_emb, metric: Distance, groups=None, index=None, whole=None, **params):
+        """`whole`: the whole catalog's index when it is built already (a served structure, restored)."""
         self.ref = as_matrix(ref_emb, "ref_emb")
         index = index or ExactIndex
         check_index(index, metric, params)  # a bad setting fails here, not on the first query
@@ -23,7 +24,7 @@ class GroupedIndex:
         self.groups = None if groups is None else np.asarray(groups)
         if self.groups is not None and len(self.groups) != len(self.ref):
             raise HarnessError(f"groups has {len(self.groups)} entries for {len(self.ref)} catalog vectors.")
-        self._indexes: dict = {}
+        self._indexes: dict = {} if whole is None else {None: (np.arange(len(self.ref)), whole)}
 
     def _part(self, group):
         if group not in self._indexes:
@@ -32,13 +33,14 @@ class GroupedIndex:
             self._indexes[group] = (rows, built)
         return self._indexes[group]
 
-    def _filtered(self, group, allowed: np.ndarray):
-        """The items of `group` that `allowed` keeps, searched exactly as an index of their own, whatever
-        the configured index (built per call: a filter is a request's, the top k among the matching items
-        is what it asks for, and an approximate index would have to be trained for each)."""
+    def _filtered(self, query, k, group, allowed: np.ndarray):
+        """The top k of the items of `group` that `allowed` keeps, exactly, whatever the configured index:
+        a filter is a request's, and the k best among the matching items is what it asks for (an
+        approximate structure would miss some, and one trained for each filter costs more than the scan).
+        The whole catalog's index scores just those rows (its catalog side is prepared once)."""
         keep = allowed if group is None else allowed & (self.groups == group)
-        rows = np.flatnonzero(keep)
-        return rows, build_index(self.ref[rows], self.metric, ExactIndex) if len(rows) else None
+        _, whole = self._part(None)
+        return whole.search_rows(query, k, np.flatnonzero(keep)) if whole is not None else None
 
     def search(self, query_emb, k: int, query_groups=None, allowed=None) -> tuple[np.ndarray, np.ndarray]:
         """(distances, indices), each (Q, k): positions in ref_emb, nearest first; -1 and inf where the
@@ -58,7 +60,12 @@ class GroupedIndex:
             if allowed.shape != (len(self.ref),):
                 raise HarnessError(f"allowed has shape {allowed.shape} for {len(self.ref)} catalog vectors.")
         for positions, group in parts:
-            rows, index = self._part(group) if allowed is None else self._filtered(group, allowed)
+            if allowed is not None:
+                found = self._filtered(query[positions], k, group, allowed)
+                if found is not None:
+                    distances[positions], indices[positions] = found
+                continue
+            rows, index = self._part(group)
             if index is None:
                 continue
             d, i = index.search(query[positions], k)

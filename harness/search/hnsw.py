@@ -14,9 +14,9 @@ class HNSWIndex(Index):
 
     def __init__(self, ref_emb, metric, hnsw_m: int = 32, ef_construction: int = 80, ef_search: int = 64):
         super().__init__(ref_emb, metric)
-        self.faiss = faiss.IndexHNSWFlat(self.ref.shape[1], hnsw_m, metric.faiss_metric)
+        self.faiss = faiss.IndexHNSWFlat(self.dim, hnsw_m, metric.faiss_metric)
         self.faiss.hnsw.efConstruction = ef_construction
-        self.faiss.add(self.ref)
+        self.faiss.add(metric.transform(self._centre(np.asarray(ref_emb, dtype=np.float32))))
         self.faiss.hnsw.efSearch = ef_search
 
     def _search(self, query, k):

@@ -15,6 +15,7 @@ import pandas as pd
 
 from harness.data.catalog import Catalog
 from harness.index.lifecycle import manifest_info, open_index
+from harness.index.milvus import from_reference, reference
 from harness.index.publish import publish, served_items
 from harness.projections import FittedProjection
 from harness.serving.searcher import Searcher, Settings
@@ -48,7 +49,10 @@ def log_served_model(job, pipe, catalog: Catalog, emb: np.ndarray, result, metri
     index = open_index(cfg)
     version = publish(index, items, vectors, manifest_info(pipe, fingerprint, catalog.root))
     settings.index = {"root": str(index.dir.parent), "name": index.name, "version": version,
-                      "follow": bool(cfg.index.follow)}
+                      "follow": bool(cfg.index.follow), **reference(cfg)}
+    remote = from_reference(settings.index, index, settings.metric, fitted)
+    if remote is not None:
+        remote.sync(version)  # the model serves from Milvus: it holds this version before the model is logged
     with tempfile.TemporaryDirectory() as tmp:
         directory = Searcher.write(Path(tmp) / "searcher", settings, fitted)
         return job.log_model(directory, cfg.serving.model_name if cfg.serving.register else None, score)

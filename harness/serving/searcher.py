@@ -25,12 +25,14 @@ from PIL import Image
 from harness.backbones import build_backbone
 from harness.config import instantiate
 from harness.errors import HarnessError
-from harness.index.store import IndexStore
+from harness.index.store import IndexStore, Snapshot
+from harness.index.milvus import from_reference
+from harness.index.structures import Structures, persistent
 from harness.preprocess import build_preprocess
 from harness.projections import FittedProjection
 from harness.runtimes.calibration import Calibration
-from harness.search import GroupedIndex
-from harness.serving.filters import CatalogFilter
+from harness.search import ExactIndex, GroupedIndex
+from harness.serving.filters import CatalogFilter, parse_filters
 from harness.serving.requests import MAX_TEXT_CHARS, MAX_UPLOAD_BYTES, BadQuery, SearchOptions, decode_upload, whole_number
 from harness.serving.settings import Settings
 
@@ -49,17 +51,28 @@ class Served:
     images: list
     filter: CatalogFilter
     version: int | None
+    ids: np.ndarray | None = None   # the index's row id of each catalog row (what Milvus answers with)
+
+    @property
+    def local(self) -> bool:
+        """Searched in this process (else in Milvus: no vectors here)."""
+        return self.index is not None
 
 
 class Searcher:
     def __init__(self, settings: Settings, catalog: pd.DataFrame, features: np.ndarray,
                  projection: FittedProjection | None = None, index: IndexStore | None = None,
-                 version: int | None = None, follow: bool = False, poll_seconds: float = 1.0):
+                 version: int | None = None, follow: bool = False, poll_seconds: float = 1.0,
+                 snapshot: Snapshot | None = None):
         self.settings = settings
         self.projection = projection  # fitted on the served catalog; applied to it and to every query
         self.metric = instantiate(settings.metric)
         self.category_level = settings.levels[0]
-        self.served = self._serve(catalog, features, version)
+        self.source, self.follow, self.poll_seconds = index, follow and index is not None, poll_seconds
+        self.kind = instantiate(settings.search) if settings.search else ExactIndex
+        # index.backend=milvus: the whole search (filters, predicted category) runs in Milvus
+        self.remote = from_reference(settings.index, index, settings.metric, projection)
+        self.served = self._serve(catalog, features, version, snapshot)
         # Models logged before the layer reached the backbone by interpolation (and before runtimes were a
         # group) carry the layer beside it and the runtime inside it.
         backbone = {"layer": settings.layer["name"], "pooling": settings.layer["pooling"],
@@ -72,15 +85,24 @@ class Searcher:
         # wait for it or see a weights error late.
         self.backbone.prepare(1)
         self.backbone.dim
-        self.source, self.follow, self.poll_seconds = index, follow and index is not None, poll_seconds
         self._checked, self._loading, self._refused = time.monotonic(), threading.Lock(), None
 
-    def _serve(self, catalog: pd.DataFrame, features: np.ndarray, version: int | None) -> Served:
+    def _serve(self, catalog: pd.DataFrame, features: np.ndarray, version: int | None,
+               snapshot: Snapshot | None = None) -> Served:
         catalog = catalog.drop(columns=[c for c in HIDDEN if c in catalog]).reset_index(drop=True)
+        images, ids = [self._relative(p) for p in catalog["path"]], None if snapshot is None else snapshot.ids
+        if self.remote is not None:
+            self.remote.sync(version)  # normally done by the run or the CLI already ("held")
+            return Served(catalog, features, None, images, CatalogFilter(catalog), version, ids)
         features = self.projection.transform(features) if self.projection is not None else features.astype(np.float32)
-        index = GroupedIndex(features, self.metric, groups=catalog[self.category_level].to_numpy())
-        return Served(catalog, features, index, [self._relative(p) for p in catalog["path"]], CatalogFilter(catalog),
-                      version)
+        whole = None
+        if snapshot is not None and self.source is not None and persistent(self.kind):
+            # the run's approximate structure, kept with the index version (moved in place on updates)
+            whole = Structures(self.source, self.settings.metric, self.settings.search,
+                               self.projection).open(snapshot, features)
+        index = GroupedIndex(features, self.metric, groups=catalog[self.category_level].to_numpy(),
+                             index=self.kind, whole=whole)
+        return Served(catalog, features, index, images, CatalogFilter(catalog), version, ids)
 
     # What a request reads: one version, taken once (self.served may be replaced meanwhile).
     @property
@@ -134,8 +156,8 @@ class Searcher:
             self._loading.release()
 
     def _swap(self, version: int) -> None:
-        snapshot = self.source.read(version)
-        self.served = self._serve(snapshot.items, snapshot.vectors, snapshot.version)
+        snapshot = self.source.read(version, vectors=self.remote is None)
+        self.served = self._serve(snapshot.items, snapshot.vectors, snapshot.version, snapshot)
         log.info("serving index %s version %d (%d items)", self.source.dir, snapshot.version, len(snapshot.items))
 
     def _relative(self, path: str) -> str:
@@ -166,8 +188,9 @@ class Searcher:
         ref = settings.index
         store = IndexStore(ref["root"], ref["name"])
         follow = bool(ref.get("follow", True))
-        snapshot = store.read(None if follow else ref["version"])
-        return cls(settings, snapshot.items, snapshot.vectors, projection, store, snapshot.version, follow)
+        snapshot = store.read(None if follow else ref["version"], vectors=ref.get("backend", "faiss") != "milvus")
+        return cls(settings, snapshot.items, snapshot.vectors, projection, store, snapshot.version, follow,
+                   snapshot=snapshot)
 
     # -- search ------------------------------------------------------------------------------
     def embed(self, images: list[Image.Image]) -> np.ndarray:
@@ -179,8 +202,23 @@ class Searcher:
     def predict_category(self, query_emb: np.ndarray, served: Served | None = None) -> str:
         """An upload has no label: majority vote of its nearest catalog neighbours (serving.category_votes)."""
         served = served or self.served
-        _, idx = served.index.search(query_emb[None], int(self.settings.category_votes))
+        _, idx = self._neighbours(served, query_emb, int(self.settings.category_votes))
         return served.catalog[self.category_level].iloc[idx[0][idx[0] >= 0]].value_counts().index[0]
+
+    def _neighbours(self, served: Served, emb: np.ndarray, k: int, group=None, where=None):
+        """(distances, catalog positions) of one query's k nearest, among the items of `group` (the
+        predicted category) that `where` keeps: a mask over the catalog (in process) or the parsed
+        conditions (Milvus, where the same conditions run on the collection's fields)."""
+        if served.local:
+            return served.index.search(emb[None], k, None if group is None else [group], where)
+        also = None if group is None else {self.category_level: group}
+        d, rid = self.remote.search(emb[None], k, served.version, where, lambda c: served.filter.text(c)[1],
+                                    (self.settings.index or {}).get("milvus_search"), also)
+        pos = np.searchsorted(served.ids, np.maximum(rid, 0))
+        pos = np.minimum(pos, len(served.ids) - 1)
+        if np.any((rid >= 0) & (served.ids[pos] != rid)):
+            raise HarnessError(f"Milvus answered rows that version {served.version} of the index does not hold.")
+        return d, np.where(rid >= 0, pos, -1)
 
     def path_of(self, item_ids) -> list[str]:
         """Image files of catalog items (for in-process callers such as the page); KeyError for an id
@@ -229,7 +267,7 @@ class Searcher:
         served = self.current()  # one version for the whole request
         k = self.check_k(k)
         self.check_rows(len(images))
-        allowed = served.filter.mask(filters)  # checked before any photo is decoded
+        allowed = self._where(served, filters)  # checked before any photo is decoded
         return self._rank(self.embed([decode_upload(v, self.preprocess.decode_scale) for v in images]), "the query photo", k, within_category,
                           rerank_column, rerank_weight, allowed, served)
 
@@ -239,9 +277,16 @@ class Searcher:
         served = self.current()
         k = self.check_k(k)
         self.check_rows(len(texts))
-        allowed = served.filter.mask(filters)
+        allowed = self._where(served, filters)
         return self._rank(self.embed_texts(texts), "the text query", k, within_category, rerank_column,
                           rerank_weight, allowed, served)
+
+    def _where(self, served: Served, filters):
+        """A request's filters, checked: a mask over the catalog, or (Milvus) the parsed conditions."""
+        if served.local:
+            return served.filter.mask(filters)
+        self.remote.expression(served.version, filters, lambda c: served.filter.text(c)[1])  # BadQuery if not
+        return parse_filters(filters) or None
 
     def _rank(self, query_emb: np.ndarray, what: str, k: int, within_category, rerank_column,
               rerank_weight, allowed, served: Served) -> list[pd.DataFrame]:
@@ -254,7 +299,7 @@ class Searcher:
             predicted = self.predict_category(emb, served) if within_category else None
             # Both bounded by configuration, whatever the request: k by max_k, the candidates by the catalog.
             depth = min(max(k, int(self.settings.rerank_candidates)), len(served.catalog)) if rerank_column else k
-            dist, idx = served.index.search(emb[None], depth, None if predicted is None else [predicted], allowed)
+            dist, idx = self._neighbours(served, emb, depth, predicted, allowed)
             found = idx[0] >= 0
             table = served.catalog.iloc[idx[0][found]].drop(columns=["path"])
             table["image"] = [served.images[i] for i in idx[0][found]]

@@ -27,6 +27,8 @@ class Settings:
     # The catalog's index (harness.index): root, name, the version the run published, and whether to
     # follow the index's current version; None for models that carry their catalog themselves.
     index: dict | None = None
+    # The run's search.index config (exact | ivf | hnsw and its settings); None: exact (older models).
+    search: dict | None = None
 
     @classmethod
     def from_cfg(cls, cfg, root: str | None, run: dict, calibration=None) -> "Settings":
@@ -40,7 +42,7 @@ class Settings:
         return cls(plain(cfg.backbone), plain(cfg.layer), plain(cfg.preprocess), plain(cfg.metric), int(cfg.k),
                    list(cfg.dataset.levels), run, root, int(serving.max_k), int(serving.max_rows),
                    int(serving.rerank_candidates), int(serving.category_votes), runtime,
-                   calibration.record() if calibration is not None else None)
+                   calibration.record() if calibration is not None else None, None, plain(cfg.search.index))
 
     def runtime_spec(self) -> dict:
         if self.runtime is not None:
