@@ -11,6 +11,7 @@
     python experiments/bench.py int8 --quality     # OpenVINO int8 vs fp32 and bf16 (--max-isa AVX2: as on AVX2)
     python experiments/bench.py index              # the served index over 1M x 1280: build, 1 % update, queries
     python experiments/bench.py milvus             # index.backend=milvus on Milvus Lite: FLAT, HNSW, IVF_FLAT vs exact
+    python experiments/bench.py dedup              # near-duplicates over 1M x 1280 with planted pairs
 
 Every number is measured in the same process, on this machine, in the run that prints it. Every
 component comes from the project's config through `harness.pipeline.build`, as a run builds it.
@@ -606,6 +607,42 @@ def bench_milvus(args) -> list[dict]:
     return out
 
 
+def bench_dedup(args) -> list[dict]:
+    """harness.dedup over N clustered vectors with planted near-duplicates (a planted copy is its source
+    plus noise 1e-3 of the clusters' spread): every item's k nearest through conf/search/<args.search>
+    (cosine), pairs within the threshold grouped; time, peak memory, and the planted pairs found."""
+    import resource
+
+    from harness.dedup import find_pairs, pair_scores
+    from harness.metrics import Cosine
+
+    n, d = args.n, args.dim
+    spec = OmegaConf.to_container(compose_config(f"search={args.search}").search.index, resolve=True)
+    emb = clustered(n, d, 0, centres=args.centres)
+    rng = np.random.default_rng(1)
+    rows = rng.choice(n, 2 * args.planted, replace=False)
+    sources, copies = rows[:args.planted], rows[args.planted:]
+    emb[copies] = emb[sources] + rng.normal(scale=1e-3, size=(args.planted, d)).astype(np.float32)
+    truth = np.full(n, -1, np.int64)
+    truth[sources] = truth[copies] = np.arange(args.planted)
+    gc.collect()
+    before = rss_mib()
+    t0 = time.perf_counter()
+    dups = find_pairs(emb, Cosine(), args.k, None, instantiate(spec))
+    search_s = time.perf_counter() - t0
+    labels = dups.groups(args.threshold)
+    total_s = time.perf_counter() - t0
+    scores = pair_scores(labels, truth)
+    row = {"n": n, "dim": d, "planted_pairs": args.planted, "k": args.k, "threshold": args.threshold,
+           "search": {k: v for k, v in spec.items() if k != "_partial_"}, "seconds": round(total_s, 1),
+           "search_seconds": round(search_s, 1), "candidate_pairs": len(dups.pairs),
+           "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+           "rss_before_mib": round(before, 1), "planted_pair_recall": round(scores["pair_recall"], 4),
+           "pair_precision": round(scores["pair_precision"], 4), "found_pairs": scores["found_pairs"]}
+    print(row, flush=True)
+    return [row]
+
+
 def bench_index(args) -> list[dict]:
     """The served catalog index at catalog scale (harness.index): a full build of N clustered vectors
     with their items (ids, hashes, paths, a category, a price, a shard column) and the served search
@@ -788,6 +825,13 @@ def main(argv=None):
     ix.add_argument("--queries", type=int, default=200)
     ix.add_argument("--search", default="ivf", help="the served structure: conf/search/<name>.yaml")
     ix.add_argument("--tmp", default=None, help="where the index is written (default: the system's temp dir)")
+    dd = sub.add_parser("dedup", help="harness.dedup over 1M x 1280 clustered vectors with planted duplicates")
+    dd.add_argument("--n", type=int, default=1_000_000)
+    dd.add_argument("--dim", type=int, default=1280)
+    dd.add_argument("--centres", type=int, default=10_000)
+    dd.add_argument("--planted", type=int, default=10_000)
+    dd.add_argument("--threshold", type=float, default=1e-3)
+    dd.add_argument("--search", default="ivf")
     mv = sub.add_parser("milvus", help="index.backend=milvus on Milvus Lite: sync, latency, recall vs exact")
     mv.add_argument("--n", type=int, default=100_000)
     mv.add_argument("--dim", type=int, default=1280)
@@ -813,7 +857,7 @@ def main(argv=None):
     sections = {"extract": bench_extract, "search": bench_search, "ann": bench_ann, "grid": bench_grid,
                 "serve": bench_serve, "peak": bench_peak, "scale": bench_scale, "decode": bench_decode,
                 "int8": bench_int8, "index": bench_index,
-                "milvus": bench_milvus}
+                "milvus": bench_milvus, "dedup": bench_dedup}
     rows = sections[args.section](args)
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"section": args.section, "machine": machine(), "date": time.strftime("%Y-%m-%d"), "rows": rows}

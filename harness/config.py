@@ -76,6 +76,10 @@ def validate(cfg) -> None:
     _whole(cfg.extract.calibration.seed, "extract.calibration.seed", 0)
     for limit in ("max_k", "max_rows", "rerank_candidates", "category_votes"):
         _whole(cfg.serving[limit], f"serving.{limit}", 1)
+    _whole(cfg.dedup.k, "dedup.k", 1)
+    t = cfg.dedup.threshold
+    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not t >= 0):
+        raise HarnessError(f"dedup.threshold must be a distance >= 0, or null; got {t!r}.")
     if cfg.index.backend not in ("faiss", "milvus"):
         raise HarnessError(f"index.backend must be faiss or milvus; got {cfg.index.backend!r}.")
     if cfg.store.dtype not in ("float32", "float16"):

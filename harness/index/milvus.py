@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import re
+import time
 import uuid
 from pathlib import Path
 
@@ -204,9 +205,21 @@ class MilvusIndex:
         self._create(collection, info["dim"], columns)
         self._insert(collection, snapshot.items, snapshot.vectors, ids, version, info)
         self.client.flush(collection)
+        self._wait_indexed(collection)
         meta["versions"][str(version)] = collection
         self._write_meta(meta)
         return "built"
+
+    def _wait_indexed(self, collection: str, timeout_s: float = 1800.0) -> None:
+        """Until Milvus has built the vector index over every row (searches before that scan rows that
+        are not indexed yet, slower and, filtered, not as the index would); bounded."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            info = self.client.describe_index(collection, "vector")
+            if int(info.get("pending_index_rows", 0) or 0) == 0 and int(info.get("indexed_rows", 0) or 0) >= int(info.get("total_rows", 0) or 0):
+                return
+            time.sleep(0.5)
+        log.warning("Milvus collection %s: the vector index is still being built after %.0f s", collection, timeout_s)
 
     def _update(self, version, parent, manifest, ids, meta, new_items, new_vectors) -> str:
         collection, info = self._collection(meta, parent)
@@ -233,6 +246,7 @@ class MilvusIndex:
         self._insert(collection, new_items, new_vectors, new_ids, version, info)
         self._set_until(gone.tolist(), version, collection)
         self.client.flush(collection)
+        self._wait_indexed(collection)
         meta["versions"][str(version)] = collection
         self._write_meta(meta)
         return "updated"
