@@ -67,13 +67,18 @@ def test_bad_filters_are_one_line(filters, message):
 
 @pytest.mark.parametrize("metric", [Cosine(), Euclidean()])
 @pytest.mark.parametrize("keep", [0.3, 0.002])  # the second keeps fewer items than k
-def test_filtered_search_equals_brute_force_on_the_matching_items(metric, keep):
+@pytest.mark.parametrize("kind", ["exact", "ivf"])  # an approximate structure (one cell of 16 scanned) changes nothing
+def test_filtered_search_equals_brute_force_on_the_matching_items(metric, keep, kind):
+    from functools import partial
+
+    from harness.search.ivf import IVFIndex
+
     rng = np.random.default_rng(0)
     ref, query = rng.normal(size=(2000, 32)).astype(np.float32), rng.normal(size=(7, 32)).astype(np.float32)
     allowed = rng.random(2000) < keep
     groups = rng.choice(["x", "y"], 2000)
     k = 10
-    index = GroupedIndex(ref, metric, groups=groups)
+    index = GroupedIndex(ref, metric, groups=groups, index=None if kind == "exact" else partial(IVFIndex, nlist=16, nprobe=1))
     for query_groups in (None, ["x"] * 7):
         dist, idx = index.search(query, k, query_groups, allowed=allowed)
         subset = np.flatnonzero(allowed & (groups == "x") if query_groups else allowed)
