@@ -84,33 +84,46 @@ def page_filters(level: str, categories, column: str | None, low, high, extra: s
 
 def run_search(searcher: Searcher, image, k: int, same_category: bool, rerank_column: str | None,
                rerank_weight: float, history: list, base: str = "", text: str | None = None,
-               uploaded: Collection[str] = (), filters=None):
-    """The page's search, by photo or (when `text` is given) by words: (gallery of (image URL, caption),
-    status text, updated per-user history). `image`: a Path (in-process) or an upload's FileData, whose
-    path must be among `uploaded` (the files Gradio received as uploads); `filters`: which items may be
-    answers (harness.serving.filters)."""
+               uploaded: Collection[str] = (), filters=None, text_weight=0.5, collapse=False):
+    """The page's search, by photo, by words, or by both (the words weighted by `text_weight`, negative:
+    away from them): (gallery of (image URL, caption), status text, updated per-user history).
+    `image`: a Path (in-process) or an upload's FileData, whose path must be among `uploaded` (the files
+    Gradio received as uploads); `filters`: which items may be answers (harness.serving.filters);
+    `collapse`: one answer per near-duplicate group."""
     try:
         # Bounds before any file or model is touched: a raw API call can send any k (10^9, 0, "5").
         if not (text is None or isinstance(text, str)):
             raise BadImage("the text must be a string")
         options = SearchOptions.parse(searcher, {"k": k, "within_category": same_category,
                                                  "rerank_column": rerank_column, "rerank_weight": rerank_weight,
-                                                 "filters": filters}).kwargs()
+                                                 "filters": filters, "collapse_duplicates": collapse}).kwargs()
     except (BadImage, TypeError, ValueError) as exc:
         return [], f"**Cannot search:** {exc}.", history
-    if text and text.strip():
+    words = text.strip() if text else ""
+    try:
+        query = image if isinstance(image, Path) or image is None else upload_file(image, uploaded)
+    except BadImage as exc:
+        return [], f"**Cannot use this file:** {str(exc).strip(chr(39))}.", history
+    if words and query is not None:
         try:
-            table = searcher.search_text([text], **options)[0]
+            table = searcher.search_terms([{"image": query}, {"text": words, "weight": text_weight}], **options)
+        except BadImage as exc:
+            return [], f"**Cannot search by this photo and these words:** {exc}", history
+        described = f" for the photo and “{words}” (weight {text_weight:g})"
+    elif words:
+        try:
+            table = searcher.search_text([words], **options)[0]
         except BadImage as exc:
             return [], f"**Cannot search by these words:** {exc}", history
+        described = f" for “{words}”"
     else:
+        if query is None:
+            return [], HINT, history
         try:
-            query = image if isinstance(image, Path) else upload_file(image, uploaded)
-            if query is None:
-                return [], HINT, history
             table = searcher.search([query], **options)[0]
         except BadImage as exc:
             return [], f"**Cannot use this file:** {str(exc).strip(chr(39))}.", history
+        described = ""
     levels = searcher.settings.levels
     gallery = []
     for row in table.itertuples():
@@ -118,9 +131,11 @@ def run_search(searcher: Searcher, image, k: int, same_category: bool, rerank_co
         if rerank_column:
             caption += f" · {rerank_column} {row.business_score:g}"
         gallery.append((image_url(base, row.item_id), f"#{row.rank} {row.item_id}: {caption}"))
-    status = f"Top {len(table)} products" + (f" for “{text.strip()}”." if text and text.strip() else ".")
+    status = f"Top {len(table)} products{described}."
     if options["filters"]:
         status += f" Filters: `{options['filters']}`."
+    if collapse:
+        status += " One of each near-duplicate group."
     if same_category:
         status += f" Predicted category: **{table['predicted_category'].iloc[0]}**."
     history = (history + [table["item_id"].iloc[0]])[-10:]
@@ -151,18 +166,22 @@ def build_demo(searcher: Searcher, info: dict, examples: int = 12, seed: int = 0
             return None, f"**Cannot search:** {exc}."
 
     def search(image, text, k, same_category, rerank_column, rerank_weight, categories, column, low, high, extra,
-               history, request: gr.Request):
+               text_weight, collapse, history, request: gr.Request):
         filters, problem = filters_of(categories, column, low, high, extra)
         if problem:
             return [], problem, history
+        try:
+            weight = float(text_weight)
+        except (TypeError, ValueError):
+            return [], f"**Cannot search:** the weight of the words must be a number, got {text_weight!r}.", history
         return run_search(searcher, image, k, same_category, rerank_column, rerank_weight, history,
-                          str(request.base_url), text, demo.upload_file_set, filters)
+                          str(request.base_url), text, demo.upload_file_set, filters, weight, collapse)
 
     def show_examples(request: gr.Request):
         return [(image_url(str(request.base_url), i), i) for i in example_ids]
 
-    def pick(k, same_category, rerank_column, rerank_weight, categories, column, low, high, extra, history,
-             evt: gr.SelectData, request: gr.Request):
+    def pick(k, same_category, rerank_column, rerank_weight, categories, column, low, high, extra, text_weight,
+             collapse, history, evt: gr.SelectData, request: gr.Request):
         """A catalog example is searched by its id: the page never sends a file name to the server."""
         filters, problem = filters_of(categories, column, low, high, extra)
         if problem:
@@ -172,7 +191,7 @@ def build_demo(searcher: Searcher, info: dict, examples: int = 12, seed: int = 0
         except KeyError:  # removed from the catalog by an index update since the page was built
             return None, [], f"Catalog example {example_ids[evt.index]} is no longer in the catalog.", history
         out = run_search(searcher, Path(path), k, same_category, rerank_column, rerank_weight, history,
-                         str(request.base_url), filters=filters)
+                         str(request.base_url), filters=filters, collapse=collapse)
         return (None, *out[:1], f"Query: catalog example {example_ids[evt.index]}. " + out[1], out[2])
 
     with gr.Blocks(title="Fashion visual search") as demo:
@@ -185,8 +204,14 @@ def build_demo(searcher: Searcher, info: dict, examples: int = 12, seed: int = 0
                 # Words need a backbone with a text tower (OpenCLIP); for the others the box is hidden.
                 text = gr.Textbox(label="Or describe it", placeholder="red floral summer dress", max_length=1000,
                                   visible=searcher.can_search_text, elem_id="text")
+                # With a photo too: one query of both, the words weighted (negative: "not like this")
+                text_weight = gr.Slider(-1, 1, value=0.5, step=0.05, label="Weight of the words beside the photo "
+                                        "(negative: away from them)", visible=searcher.can_search_text,
+                                        elem_id="text_weight")
                 k = gr.Slider(1, 20, value=searcher.settings.k, step=1, label="k")
                 same_category = gr.Checkbox(label="Only the predicted category (per-category index)")
+                collapse = gr.Checkbox(label="One of each near-duplicate group", visible=searcher.duplicates is not None,
+                                       elem_id="collapse")
                 with gr.Accordion("Business re-ranking", open=False):
                     rerank_column = gr.Dropdown([""] + business, value="", label="Business column")
                     rerank_weight = gr.Slider(0, 1, value=0.0, step=0.05, label="Weight of the business score")
@@ -206,7 +231,8 @@ def build_demo(searcher: Searcher, info: dict, examples: int = 12, seed: int = 0
             with gr.Column(scale=2):
                 status = gr.Markdown(elem_id="status")
                 results = gr.Gallery(label="Most similar products", columns=5, height=520, elem_id="results")
-        settings = [k, same_category, rerank_column, rerank_weight, categories, column, low, high, extra, history]
+        settings = [k, same_category, rerank_column, rerank_weight, categories, column, low, high, extra, text_weight,
+                    collapse, history]
         outputs = [results, status, history]
         # Uploads reach `search` unprocessed: an undecodable file gets the page's own message, not
         # Gradio's (which names the server's temporary path).

@@ -76,6 +76,12 @@ def validate(cfg) -> None:
     _whole(cfg.extract.calibration.seed, "extract.calibration.seed", 0)
     for limit in ("max_k", "max_rows", "rerank_candidates", "category_votes"):
         _whole(cfg.serving[limit], f"serving.{limit}", 1)
+    from harness.serving.products import COMBINES, DISTANCES
+
+    products = cfg.serving.products
+    if products.distance not in DISTANCES or products.query not in COMBINES:
+        raise HarnessError(f"serving.products.distance must be {' or '.join(DISTANCES)} and serving.products.query "
+                           f"{' or '.join(COMBINES)}; got {products.distance!r}, {products.query!r}.")
     _whole(cfg.dedup.k, "dedup.k", 1)
     t = cfg.dedup.threshold
     if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not t >= 0):

@@ -94,3 +94,32 @@ def test_the_cli_finds_the_manifest_duplicates_and_logs_the_run(tmp_path):
     assert run.data.metrics["dedup_threshold"] == pytest.approx(result["dedup_threshold"])
     assert "dedup_pair_precision" in run.data.metrics and len(client.get_metric_history(run.info.run_id, "sweep/threshold")) > 5
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"duplicates.csv", "dedup_sweep.csv", "dedup_sweep.png"}
+    # The run logged after it carries these groups (serving.duplicates defaults to dedup.output), and
+    # collapse_duplicates answers one item of each group.
+    run = subprocess.run([sys.executable, "-m", "harness", "dataset=products", f"dataset.root={catalog}",
+                          f"paths.root={tmp_path}", "extract.progress=false", "extract.num_workers=0", *SHARED],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    import base64
+
+    from harness.config import compose_config
+    from harness.tracking.models import load_served
+
+    model, searcher, _ = load_served(compose_config(f"paths.root={tmp_path}"))
+    assert searcher.duplicates is not None and set(searcher.duplicates["item_id"]) == set(groups["item_id"])
+    group_of = dict(zip(groups["item_id"], groups["group"]))
+    photo = base64.b64encode((catalog / manifest["path"].iloc[0]).read_bytes()).decode()
+    plain = model.predict(pd.DataFrame({"image": [photo]}), params={"k": 8})
+    collapsed = model.predict(pd.DataFrame({"image": [photo]}), params={"k": 8, "collapse_duplicates": True})
+    assert len({group_of.get(i, i) for i in plain["item_id"]}) < len(plain)  # the copies answer too
+    keys = [group_of.get(i, i) for i in collapsed["item_id"]]
+    assert len(collapsed) == 8 and len(set(keys)) == len(keys)           # one per group
+    assert collapsed["item_id"].iloc[0] == plain["item_id"].iloc[0]
+    # a model whose groups file was altered is not served
+    model_dir = next((tmp_path / "mlruns" / "artifacts").rglob("searcher/duplicates.csv")).parent
+    (model_dir / "duplicates.csv").write_text("item_id,group\ncopy-0,5\n")
+    from harness.errors import HarnessError
+    from harness.serving.searcher import Searcher
+
+    with pytest.raises(HarnessError, match="does not match the digest"):
+        Searcher.load(model_dir)

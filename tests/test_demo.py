@@ -65,7 +65,7 @@ def raw_call(url: str, data: list) -> tuple[str, object]:
     import json
     import urllib.request
 
-    data = data + [[], "", "", "", ""][max(0, len(data) - 6):]  # the filters' inputs: none
+    data = data + [[], "", "", "", "", 0.5, False][max(0, len(data) - 6):]  # no filters, words weighted 0.5, no collapse
     request = urllib.request.Request(url + "gradio_api/call/search", json.dumps({"data": data}).encode(),
                                      {"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=30) as response:
@@ -206,6 +206,15 @@ def test_words_box_only_for_a_backbone_with_a_text_tower(page, served_clip):
     assert len(gallery) == 5 and status.startswith("Top 5 products")
     _, status, _ = demo.run_search(page["searcher"], None, 5, False, "", 0.0, [], "", text="a red circle")
     assert status.startswith("**Cannot search by these words:**") and "no text tower" in status
+    # a photo and words: one query, the words weighted (negative: away from them)
+    photo = served_clip["catalog"] / "images" / "square_blue_1.jpg"
+    gallery, status, _ = demo.run_search(served_clip["searcher"], photo, 5, False, "", 0.0, [], "http://shop/",
+                                         text="a red circle", text_weight=-0.5)
+    expected = served_clip["searcher"].search_terms([{"image": photo}, {"text": "a red circle", "weight": -0.5}], 5)
+    assert [url for url, _ in gallery] == [demo.image_url("http://shop/", i) for i in expected["item_id"]]
+    assert status.startswith("Top 5 products for the photo and “a red circle” (weight -0.5)")
+    _, status, _ = demo.run_search(page["searcher"], photo, 5, False, "", 0.0, [], "", text="a red circle")
+    assert "term 2 (text 'a red circle')" in status and "no text tower" in status
     assert text_box(page["url"])["visible"] is False
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -214,6 +223,14 @@ def test_words_box_only_for_a_backbone_with_a_text_tower(page, served_clip):
                             prevent_thread_lock=True, quiet=True)
     try:
         assert text_box(f"http://127.0.0.1:{port}/")["visible"] is True
+        from gradio_client import Client, handle_file
+
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
+        gallery, status = client.predict(handle_file(str(photo)), "a red circle", 5, False, "", 0.0, [], "", "", "",
+                                         "", -0.5, api_name="/search")
+        assert [item["caption"].split(":")[0] for item in gallery] == \
+            [f"#{n} {i}" for n, i in enumerate(expected["item_id"], start=1)]
+        assert "(weight -0.5)" in status
     finally:
         clip_page.close()
 

@@ -108,6 +108,8 @@ def test_a_model_served_from_milvus_answers_as_the_faiss_one_and_follows_updates
     from harness.serving.searcher import Searcher, Settings
 
     uri = str(tmp_path / "milvus.db")
+    manifest = pd.read_csv(catalog_dir / "manifest.csv", dtype=str)
+    manifest.assign(product_id=manifest["subcategory"]).to_csv(catalog_dir / "manifest.csv", index=False)  # several photos each
     cfg = cfg_factory("dataset=products", f"dataset.root={catalog_dir}", "backbone.weights=random",
                       "backbone.input_size=64", "runtime=torch", "tracker=none", "index.backend=milvus",
                       f"index.uri={uri}")
@@ -126,10 +128,16 @@ def test_a_model_served_from_milvus_answers_as_the_faiss_one_and_follows_updates
     photos = [catalog_dir / p for p in manifest["path"][:6]]
     for options in ({}, {"within_category": True}, {"filters": {"colour": ["red", "blue"]}},
                     {"filters": {"margin": {"gt": 0.3}}, "k": 3}):
-        answers = {b: m.search(photos, **options) for b, m in models.items()}
-        for a, b in zip(answers["faiss"], answers["milvus"]):
-            assert a["item_id"].tolist() == b["item_id"].tolist(), options
-            np.testing.assert_allclose(a["distance"], b["distance"], rtol=1e-4, atol=1e-5)
+        for rule in ("best", "mean"):  # a product's distance: its best photo's, its photos' mean
+            for m in models.values():
+                m.products = {**m.products, "distance": rule}
+            answers = {b: m.search(photos, **options) for b, m in models.items()}
+            for a, b in zip(answers["faiss"], answers["milvus"]):
+                assert a["item_id"].tolist() == b["item_id"].tolist(), (options, rule)
+                assert a["product_id"].is_unique
+                np.testing.assert_allclose(a["distance"], b["distance"], rtol=1e-4, atol=1e-5)
+    for m in models.values():
+        m.products = {**m.products, "distance": "best"}
     # an update reaches Milvus in place, and the model serving from it follows
     manifest = pd.concat([manifest.iloc[1:], manifest.iloc[[0]].assign(item_id="again-0")], ignore_index=True)
     manifest.to_csv(catalog_dir / "manifest.csv", index=False)

@@ -294,3 +294,11 @@ def test_search_by_words_through_the_model_and_the_rest_api(served_clip, served)
         assert status == 200 and len(body["predictions"]) == 5
         status, body = post([{"text": "x" * 1001}])
         assert status == 400 and "longer than 1000 characters" in body["message"]
+        # photos and words in one query, weighted, over REST: the same answers as in process
+        photo = b64(served_clip["catalog"] / "images" / "circle_red_0.jpg")
+        terms = [{"image": photo, "weight": 1.0}, {"text": "a blue square", "weight": -0.3}]
+        status, body = post([{"terms": json.dumps(terms)}])
+        expected = served_clip["searcher"].search_terms(terms, 5)
+        assert status == 200 and [r["item_id"] for r in body["predictions"]] == list(expected["item_id"])
+        status, body = post([{"terms": json.dumps([{"text": "x", "weight": -1}])}])
+        assert status == 400 and "positive weight" in body["message"]

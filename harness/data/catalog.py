@@ -7,6 +7,7 @@ The column contract, checked once when a catalog is made (`Catalog.__post_init__
 | `path`       | the image file (absolute); required, never empty                          |
 | `item_id`    | unique id of the row; default: the path relative to the dataset root      |
 | each level   | a label column named in `dataset.levels`, as text ("" where unknown)      |
+| `product_id` | optional: the product a photo shows (several photos, one product); default: the item id |
 | `split`      | optional: `catalog` or `query` (a dataset's own split, `protocol=predefined`) |
 | `distractor` | optional bool: non-fashion images that join every catalog, never queries  |
 
@@ -187,3 +188,12 @@ class FolderOrManifest:
                            distractors.items.assign(item_id="distractor/" + distractors.items["item_id"],
                                                     distractor=True)], ignore_index=True)
         return Catalog(items, catalog.levels, source, catalog.root)
+
+
+def product_ids(items: pd.DataFrame) -> pd.Series:
+    """Each row's product: the `product_id` column where given (and not empty), else the item id."""
+    ids = items["item_id"].astype(str)
+    if "product_id" not in items:
+        return ids
+    given = items["product_id"].fillna("").astype(str)
+    return given.where(given != "", ids)

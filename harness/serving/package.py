@@ -7,6 +7,7 @@ flags; the model carries the settings that name the index version, and the fitte
 """
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 
@@ -14,11 +15,14 @@ import numpy as np
 import pandas as pd
 
 from harness.data.catalog import Catalog
+from harness.errors import HarnessError
 from harness.index.lifecycle import manifest_info, open_index
 from harness.index.milvus import from_reference, reference
 from harness.index.publish import publish, served_items
 from harness.projections import FittedProjection
 from harness.serving.searcher import Searcher, Settings
+
+log = logging.getLogger(__name__)
 
 def served_parts(cfg, catalog: Catalog, emb: np.ndarray, excluded_rows=(), projection=None, metric=None,
                  run: dict | None = None, calibration=None) -> tuple[Settings, pd.DataFrame, np.ndarray, FittedProjection | None]:
@@ -34,6 +38,27 @@ def served_parts(cfg, catalog: Catalog, emb: np.ndarray, excluded_rows=(), proje
         fitted = projection.fit(emb, labels, metric, int(cfg.k))
     settings = Settings.from_cfg(cfg, catalog.root, run or {}, calibration)
     return settings, served_items(catalog.items[served]), emb, fitted
+
+
+def read_groups(path, items: pd.DataFrame) -> pd.DataFrame | None:
+    """python -m harness.dedup's groups (item_id, group, distance), if that file exists, for the items of
+    the served catalog: the model carries them (for collapse_duplicates). A file that is not such a table
+    stops the run with one line; one that names none of these items (another catalog's) is not carried."""
+    if not path or not Path(path).is_file():
+        return None
+    try:
+        table = pd.read_csv(path, dtype={"item_id": str}, keep_default_na=False)
+        table["group"] = table["group"].astype(np.int64)
+    except (KeyError, ValueError, pd.errors.ParserError) as exc:
+        raise HarnessError(f"serving.duplicates={path}: not python -m harness.dedup's table (item_id, group, "
+                           f"distance): {exc}") from None
+    if "item_id" not in table:
+        raise HarnessError(f"serving.duplicates={path}: no item_id column.")
+    table = table[table["item_id"].isin(set(items["item_id"].astype(str)))]
+    if table.empty:
+        log.warning("serving.duplicates=%s names none of the served catalog's items: not carried", path)
+        return None
+    return table
 
 
 def log_served_model(job, pipe, catalog: Catalog, emb: np.ndarray, result, metrics: dict, fingerprint: str) -> str:
@@ -54,5 +79,5 @@ def log_served_model(job, pipe, catalog: Catalog, emb: np.ndarray, result, metri
     if remote is not None:
         remote.sync(version)  # the model serves from Milvus: it holds this version before the model is logged
     with tempfile.TemporaryDirectory() as tmp:
-        directory = Searcher.write(Path(tmp) / "searcher", settings, fitted)
+        directory = Searcher.write(Path(tmp) / "searcher", settings, fitted, read_groups(cfg.serving.duplicates, items))
         return job.log_model(directory, cfg.serving.model_name if cfg.serving.register else None, score)

@@ -88,6 +88,7 @@ class SearchOptions:
     rerank_column: str = ""
     rerank_weight: float = 0.0
     filters: str = ""  # a JSON object (harness.serving.filters), e.g. {"category": "Footwear"}
+    collapse_duplicates: bool = False  # one answer per near-duplicate group (the model's dedup groups)
 
     @classmethod
     def parse(cls, searcher, params: dict | None = None) -> "SearchOptions":
@@ -105,11 +106,16 @@ class SearchOptions:
         searcher.filter.mask(filters)  # shape and columns checked with the other bounds, before any decoding
         if isinstance(filters, dict):
             filters = json.dumps(filters)
-        return cls(k, bool(params.get("within_category", False)), column, weight, filters)
+        collapse = params.get("collapse_duplicates")
+        collapse = False if collapse is None else collapse
+        if not isinstance(collapse, (bool, np.bool_)):
+            raise BadQuery(f"collapse_duplicates must be true or false, got {collapse!r}")
+        return cls(k, bool(params.get("within_category", False)), column, weight, filters, bool(collapse))
 
     def kwargs(self) -> dict:
         return {"k": self.k, "within_category": self.within_category, "rerank_column": self.rerank_column or None,
-                "rerank_weight": self.rerank_weight, "filters": self.filters or None}
+                "rerank_weight": self.rerank_weight, "filters": self.filters or None,
+                "collapse_duplicates": self.collapse_duplicates}
 
     @classmethod
     def spec(cls) -> list[tuple[str, type, object]]:

@@ -10,6 +10,8 @@ catalog root: no absolute server path leaves it.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import logging
 import threading
@@ -33,6 +35,7 @@ from harness.projections import FittedProjection
 from harness.runtimes.calibration import Calibration
 from harness.search import ExactIndex, GroupedIndex
 from harness.serving.filters import CatalogFilter, parse_filters
+from harness.serving.products import COMBINES, DISTANCES, AnswerKeys, Term, combine, fuse, parse_terms
 from harness.serving.requests import MAX_TEXT_CHARS, MAX_UPLOAD_BYTES, BadQuery, SearchOptions, decode_upload, whole_number
 from harness.serving.settings import Settings
 
@@ -40,6 +43,7 @@ __all__ = ["MAX_UPLOAD_BYTES", "BadQuery", "SearchOptions", "Searcher", "Setting
 
 log = logging.getLogger(__name__)
 HIDDEN = ("content_hash",)  # the index's bookkeeping, not an answer's column
+DUPLICATES = "duplicates.csv"
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,7 @@ class Served:
     filter: CatalogFilter
     version: int | None
     ids: np.ndarray | None = None   # the index's row id of each catalog row (what Milvus answers with)
+    keys: AnswerKeys | None = None  # each row's product and near-duplicate group
 
     @property
     def local(self) -> bool:
@@ -63,8 +68,15 @@ class Searcher:
     def __init__(self, settings: Settings, catalog: pd.DataFrame, features: np.ndarray,
                  projection: FittedProjection | None = None, index: IndexStore | None = None,
                  version: int | None = None, follow: bool = False, poll_seconds: float = 1.0,
-                 snapshot: Snapshot | None = None):
+                 snapshot: Snapshot | None = None, duplicates: pd.DataFrame | None = None):
+        """`duplicates`: near-duplicate groups (item_id, group: python -m harness.dedup's table) that
+        collapse_duplicates keeps one answer of."""
         self.settings = settings
+        self.products = {"distance": "best", "query": "mean", **(settings.products or {})}
+        if self.products["distance"] not in DISTANCES or self.products["query"] not in COMBINES:
+            raise HarnessError(f"serving.products: distance must be one of {', '.join(DISTANCES)} and query one of "
+                               f"{', '.join(COMBINES)}; got {self.products}.")
+        self.duplicates = duplicates
         self.projection = projection  # fitted on the served catalog; applied to it and to every query
         self.metric = instantiate(settings.metric)
         self.category_level = settings.levels[0]
@@ -93,7 +105,8 @@ class Searcher:
         images, ids = [self._relative(p) for p in catalog["path"]], None if snapshot is None else snapshot.ids
         if self.remote is not None:
             self.remote.sync(version)  # normally done by the run or the CLI already ("held")
-            return Served(catalog, features, None, images, CatalogFilter(catalog), version, ids)
+            return Served(catalog, features, None, images, CatalogFilter(catalog), version, ids,
+                          AnswerKeys.of(catalog, self.duplicates))
         features = self.projection.transform(features) if self.projection is not None else features.astype(np.float32)
         whole = None
         if snapshot is not None and self.source is not None and persistent(self.kind):
@@ -102,7 +115,8 @@ class Searcher:
                                self.projection).open(snapshot, features)
         index = GroupedIndex(features, self.metric, groups=catalog[self.category_level].to_numpy(),
                              index=self.kind, whole=whole)
-        return Served(catalog, features, index, images, CatalogFilter(catalog), version, ids)
+        return Served(catalog, features, index, images, CatalogFilter(catalog), version, ids,
+                      AnswerKeys.of(catalog, self.duplicates))
 
     # What a request reads: one version, taken once (self.served may be replaced meanwhile).
     @property
@@ -168,13 +182,30 @@ class Searcher:
 
     # -- persistence: plain files only --------------------------------------------------------
     @staticmethod
-    def write(directory: Path, settings: Settings, projection: FittedProjection | None = None) -> Path:
-        """settings (naming the index version) and the projection, if any, as two arrays."""
+    def write(directory: Path, settings: Settings, projection: FittedProjection | None = None,
+              duplicates: pd.DataFrame | None = None) -> Path:
+        """settings (naming the index version), the projection, if any, as two arrays, and the
+        near-duplicate groups, if any, as a CSV whose digest the settings record."""
         directory.mkdir(parents=True, exist_ok=True)
+        if duplicates is not None:
+            data = duplicates[["item_id", "group"]].to_csv(index=False).encode()
+            (directory / DUPLICATES).write_bytes(data)
+            settings.duplicates = {"file": DUPLICATES, "sha256": hashlib.sha256(data).hexdigest(), "groups": int(duplicates["group"].nunique())}
         (directory / "settings.json").write_text(json.dumps(vars(settings), indent=2))
         if projection is not None:
             projection.save(directory / "projection.npz")
         return directory
+
+    @staticmethod
+    def read_duplicates(directory: Path, record: dict | None) -> pd.DataFrame | None:
+        """The model's near-duplicate groups, checked against the digest its settings recorded."""
+        if not record:
+            return None
+        data = (directory / record["file"]).read_bytes()
+        if hashlib.sha256(data).hexdigest() != record["sha256"]:
+            raise HarnessError(f"{directory / record['file']}: its content does not match the digest the model "
+                               "recorded; the model is not served with altered duplicate groups.")
+        return pd.read_csv(io.BytesIO(data), dtype={"item_id": str, "group": np.int64}, keep_default_na=False)
 
     @classmethod
     def load(cls, directory: str | Path) -> "Searcher":
@@ -182,15 +213,16 @@ class Searcher:
         settings = Settings(**json.loads((directory / "settings.json").read_text()))
         projection = directory / "projection.npz"
         projection = FittedProjection.load(projection) if projection.exists() else None
+        duplicates = cls.read_duplicates(directory, settings.duplicates)
         if settings.index is None:  # a model logged before indexes: its catalog inside it
             catalog = pd.read_csv(directory / "catalog.csv", dtype=str, keep_default_na=False)
-            return cls(settings, catalog, np.load(directory / "features.npy"), projection)
+            return cls(settings, catalog, np.load(directory / "features.npy"), projection, duplicates=duplicates)
         ref = settings.index
         store = IndexStore(ref["root"], ref["name"])
         follow = bool(ref.get("follow", True))
         snapshot = store.read(None if follow else ref["version"], vectors=ref.get("backend", "faiss") != "milvus")
         return cls(settings, snapshot.items, snapshot.vectors, projection, store, snapshot.version, follow,
-                   snapshot=snapshot)
+                   snapshot=snapshot, duplicates=duplicates)
 
     # -- search ------------------------------------------------------------------------------
     def embed(self, images: list[Image.Image]) -> np.ndarray:
@@ -205,20 +237,105 @@ class Searcher:
         _, idx = self._neighbours(served, query_emb, int(self.settings.category_votes))
         return served.catalog[self.category_level].iloc[idx[0][idx[0] >= 0]].value_counts().index[0]
 
-    def _neighbours(self, served: Served, emb: np.ndarray, k: int, group=None, where=None):
+    def _neighbours(self, served: Served, emb: np.ndarray, k: int, group=None, where=None, only=None):
         """(distances, catalog positions) of one query's k nearest, among the items of `group` (the
         predicted category) that `where` keeps: a mask over the catalog (in process) or the parsed
-        conditions (Milvus, where the same conditions run on the collection's fields)."""
+        conditions (Milvus, where the same conditions run on the collection's fields); `only`: these
+        catalog positions alone."""
         if served.local:
+            if only is not None:
+                mask = np.zeros(len(served.catalog), dtype=bool)
+                mask[only] = True
+                where = mask if where is None else where & mask
             return served.index.search(emb[None], k, None if group is None else [group], where)
-        also = None if group is None else {self.category_level: group}
+        also = {} if group is None else {self.category_level: group}
+        if only is not None:
+            also["item_id"] = served.catalog["item_id"].iloc[only].astype(str).tolist()
         d, rid = self.remote.search(emb[None], k, served.version, where, lambda c: served.filter.text(c)[1],
-                                    (self.settings.index or {}).get("milvus_search"), also)
+                                    (self.settings.index or {}).get("milvus_search"), also or None)
         pos = np.searchsorted(served.ids, np.maximum(rid, 0))
         pos = np.minimum(pos, len(served.ids) - 1)
         if np.any((rid >= 0) & (served.ids[pos] != rid)):
             raise HarnessError(f"Milvus answered rows that version {served.version} of the index does not hold.")
         return d, np.where(rid >= 0, pos, -1)
+
+    def _answers(self, served: Served, emb: np.ndarray, want: int, group, where, collapse: bool):
+        """(catalog rows, distances) of one query's `want` nearest distinct products (one photo each: its
+        best), near-duplicates collapsed if asked. Searches deeper only where products have several
+        photos (or groups several items), never past the depth that surely holds `want` of them."""
+        keys, n = served.keys, len(served.catalog)
+        mean = self.products["distance"] == "mean" and not keys.one_per_product
+        final, want = want, max(want, int(self.settings.rerank_candidates)) if mean else want
+        fetch = min(want, n)
+        most = min(n, keys.depth(want, collapse))
+        while True:
+            d, i = self._neighbours(served, emb, fetch, group, where)
+            found = i[0] >= 0
+            rows, dist = i[0][found], d[0][found]
+            keep = keys.distinct(rows, want, collapse)
+            if len(keep) >= want or fetch >= most or len(rows) < fetch:
+                break
+            fetch = min(most, 4 * fetch)
+        rows, dist = rows[keep], dist[keep]
+        if mean and len(rows):  # the rerank_candidates products nearest by their best photo, re-scored
+            rows, dist = self._mean_distance(served, emb, rows, dist, group, where)
+        return rows[:final], dist[:final]
+
+    def _mean_distance(self, served: Served, emb, rows, best, group, where):
+        """The candidates re-scored by the mean distance over all their photos that may be answers
+        (ties: the nearer best photo); each still shown by its best photo."""
+        product = served.keys.product
+        photos = np.flatnonzero(np.isin(product, product[rows]))
+        d, i = self._neighbours(served, emb, len(photos), group, where, only=photos)
+        found = i[0] >= 0
+        frame = pd.DataFrame({"p": product[i[0][found]], "d": d[0][found].astype(np.float64)})
+        mean = frame.groupby("p")["d"].mean()
+        means = mean.reindex(product[rows]).to_numpy()
+        order = np.lexsort((best, means))
+        return rows[order], means[order].astype(np.float32)
+
+    def _query_table(self, served: Served, vectors: np.ndarray, weights, k: int, within_category: bool,
+                     rerank_column, rerank_weight, allowed, collapse: bool) -> pd.DataFrame:
+        """One query's answers: a vector, or (fuse) several terms each answered and merged by
+        weighted reciprocal-rank fusion."""
+        predicted = self.predict_category(combine(vectors, weights) if len(vectors) > 1 else vectors[0], served) \
+            if within_category else None
+        # Both bounded by configuration, whatever the request: k by max_k, the candidates by the catalog.
+        depth = min(max(k, int(self.settings.rerank_candidates)), len(served.catalog)) if rerank_column else k
+        fused = None
+        if len(vectors) == 1:
+            rows, dist = self._answers(served, vectors[0], depth, predicted, allowed, collapse)
+        else:
+            product = served.keys.product
+            lists = [self._answers(served, v, depth, predicted, allowed, collapse) for v in vectors]
+            score = fuse([product[r].tolist() for r, _ in lists], weights)
+            nearest = {}  # product → (distance, row): its nearest photo to any term
+            for r, d in lists:
+                for row, dd in zip(r.tolist(), d.tolist()):
+                    p = product[row]
+                    if p not in nearest or dd < nearest[p][0]:
+                        nearest[p] = (dd, row)
+            order = sorted(score, key=lambda p: (-score[p], nearest[p][0], nearest[p][1]))
+            rows = np.array([nearest[p][1] for p in order], dtype=np.int64)
+            keep = served.keys.distinct(rows, depth, collapse)  # photos of two lists may be one group
+            rows = rows[keep]
+            dist = np.array([nearest[product[r]][0] for r in rows], dtype=np.float32)
+            fused = np.array([score[product[r]] for r in rows])
+        table = served.catalog.iloc[rows].drop(columns=["path"])
+        table["image"] = [served.images[i] for i in rows]
+        table["distance"] = dist
+        table["similarity"] = 1.0 / (1.0 + table["distance"])  # monotone, comparable across metrics
+        if fused is not None:
+            table["fused_score"] = fused
+        if rerank_column:
+            table = rerank(table, rerank_column, rerank_weight)
+        table = table.head(k)
+        table.insert(0, "rank", np.arange(1, len(table) + 1))
+        if predicted is not None:
+            table["predicted_category"] = predicted
+        if served.version is not None:
+            table["index_version"] = served.version  # which catalog version answered
+        return table.reset_index(drop=True)
 
     def path_of(self, item_ids) -> list[str]:
         """Image files of catalog items (for in-process callers such as the page); KeyError for an id
@@ -261,25 +378,81 @@ class Searcher:
             raise BadQuery(f"{n} queries in one request; at most {self.settings.max_rows} (serving.max_rows)")
 
     def search(self, images: list, k: int | None = None, within_category: bool = False,
-               rerank_column: str | None = None, rerank_weight: float = 0.0, filters=None) -> list[pd.DataFrame]:
+               rerank_column: str | None = None, rerank_weight: float = 0.0, filters=None,
+               collapse_duplicates: bool = False) -> list[pd.DataFrame]:
         """One table per photo: rank, item_id, labels, image (relative path), distance, similarity,
-        [business score]. `filters` (harness.serving.filters): only matching items are searched."""
+        [business score]: k distinct products. `filters` (harness.serving.filters): only matching items
+        are searched; `collapse_duplicates`: one answer per near-duplicate group."""
         served = self.current()  # one version for the whole request
         k = self.check_k(k)
         self.check_rows(len(images))
         allowed = self._where(served, filters)  # checked before any photo is decoded
-        return self._rank(self.embed([decode_upload(v, self.preprocess.decode_scale) for v in images]), "the query photo", k, within_category,
-                          rerank_column, rerank_weight, allowed, served)
+        return self._rank(self._embed_uploads(images), "the query photo", k, within_category,
+                          rerank_column, rerank_weight, allowed, served, collapse_duplicates)
 
     def search_text(self, texts: list[str], k: int | None = None, within_category: bool = False,
-                    rerank_column: str | None = None, rerank_weight: float = 0.0, filters=None) -> list[pd.DataFrame]:
+                    rerank_column: str | None = None, rerank_weight: float = 0.0, filters=None,
+                    collapse_duplicates: bool = False) -> list[pd.DataFrame]:
         """One table per text ("red floral summer dress"), as for photos; needs a backbone with a text tower."""
         served = self.current()
         k = self.check_k(k)
         self.check_rows(len(texts))
         allowed = self._where(served, filters)
         return self._rank(self.embed_texts(texts), "the text query", k, within_category, rerank_column,
-                          rerank_weight, allowed, served)
+                          rerank_weight, allowed, served, collapse_duplicates)
+
+    def search_embeddings(self, query_emb: np.ndarray, k: int | None = None, within_category: bool = False,
+                          rerank_column: str | None = None, rerank_weight: float = 0.0, filters=None,
+                          collapse_duplicates: bool = False) -> list[pd.DataFrame]:
+        """One table per vector already in the searched space (as `embed` returns them)."""
+        served = self.current()
+        k = self.check_k(k)
+        query_emb = np.atleast_2d(np.asarray(query_emb, dtype=np.float32))
+        self.check_rows(len(query_emb))
+        return self._rank(query_emb, "query_emb", k, within_category, rerank_column, rerank_weight,
+                          self._where(served, filters), served, collapse_duplicates)
+
+    def search_terms(self, terms, k: int | None = None, within_category: bool = False,
+                     rerank_column: str | None = None, rerank_weight: float = 0.0, filters=None,
+                     collapse_duplicates: bool = False) -> pd.DataFrame:
+        """One query of several weighted terms (harness.serving.products): photos and words, negative
+        weights for what to avoid, e.g. [{"image": b64, "weight": 1}, {"text": "no stripes", "weight": -0.3}].
+        serving.products.query: `mean` combines their vectors; `fuse` answers each (positive) term and
+        merges the answers. One table."""
+        served = self.current()
+        k = self.check_k(k)
+        terms = parse_terms(terms, int(self.settings.max_rows))
+        allowed = self._where(served, filters)
+        for n, term in enumerate(terms, start=1):  # refused before any photo is decoded
+            if term.kind == "text" and not self.can_search_text:
+                raise BadQuery(f"term {n} (text {str(term.value)[:80]!r}): backbone {self.backbone.arch} has no text "
+                               "tower, so it cannot embed words; send photos only")
+        fusing = self.products["query"] == "fuse"
+        if fusing and any(t.weight < 0 for t in terms):
+            raise BadQuery("a negative weight needs serving.products.query=mean: fused answers cannot subtract")
+        vectors = self._embed_terms(terms)
+        try:
+            self.metric.check(vectors, "the query terms")
+        except HarnessError as exc:
+            raise BadQuery(str(exc)) from None
+        weights = [t.weight for t in terms]
+        if not fusing or len(terms) == 1:
+            vectors, weights = combine(vectors, weights)[None], [1.0]
+        return self._query_table(served, vectors, weights, k, within_category, rerank_column, rerank_weight,
+                                 allowed, bool(collapse_duplicates))
+
+    def _embed_uploads(self, images: list) -> np.ndarray:
+        return self.embed([decode_upload(v, self.preprocess.decode_scale) for v in images])
+
+    def _embed_terms(self, terms: list[Term]) -> np.ndarray:
+        """(T, D) in the terms' order: the photos embedded in one batch, the words in another."""
+        out = [None] * len(terms)
+        for kind, embed in (("image", self._embed_uploads), ("text", self.embed_texts)):
+            at = [n for n, t in enumerate(terms) if t.kind == kind]
+            if at:
+                for n, vector in zip(at, embed([terms[n].value for n in at])):
+                    out[n] = vector
+        return np.stack(out).astype(np.float32)
 
     def _where(self, served: Served, filters):
         """A request's filters, checked: a mask over the catalog, or (Milvus) the parsed conditions."""
@@ -289,32 +462,13 @@ class Searcher:
         return parse_filters(filters) or None
 
     def _rank(self, query_emb: np.ndarray, what: str, k: int, within_category, rerank_column,
-              rerank_weight, allowed, served: Served) -> list[pd.DataFrame]:
+              rerank_weight, allowed, served: Served, collapse: bool = False) -> list[pd.DataFrame]:
         try:
             self.metric.check(query_emb, what)
         except HarnessError as exc:
             raise BadQuery(str(exc)) from None
-        out = []
-        for emb in query_emb:
-            predicted = self.predict_category(emb, served) if within_category else None
-            # Both bounded by configuration, whatever the request: k by max_k, the candidates by the catalog.
-            depth = min(max(k, int(self.settings.rerank_candidates)), len(served.catalog)) if rerank_column else k
-            dist, idx = self._neighbours(served, emb, depth, predicted, allowed)
-            found = idx[0] >= 0
-            table = served.catalog.iloc[idx[0][found]].drop(columns=["path"])
-            table["image"] = [served.images[i] for i in idx[0][found]]
-            table["distance"] = dist[0][found]
-            table["similarity"] = 1.0 / (1.0 + table["distance"])  # monotone, comparable across metrics
-            if rerank_column:
-                table = rerank(table, rerank_column, rerank_weight)
-            table = table.head(k)
-            table.insert(0, "rank", np.arange(1, len(table) + 1))
-            if predicted is not None:
-                table["predicted_category"] = predicted
-            if served.version is not None:
-                table["index_version"] = served.version  # which catalog version answered
-            out.append(table.reset_index(drop=True))
-        return out
+        return [self._query_table(served, emb[None], [1.0], k, within_category, rerank_column, rerank_weight,
+                                  allowed, bool(collapse)) for emb in query_emb]
 
 
 def rerank(table: pd.DataFrame, column: str, weight: float) -> pd.DataFrame:

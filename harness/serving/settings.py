@@ -29,6 +29,11 @@ class Settings:
     index: dict | None = None
     # The run's search.index config (exact | ivf | hnsw and its settings); None: exact (older models).
     search: dict | None = None
+    # serving.products: a product's distance from its photos' (best | mean) and how several photos of
+    # one query combine (mean | fuse); None: best and mean (older models)
+    products: dict | None = None
+    # The near-duplicate groups the model carries (file, sha256, groups), for collapse_duplicates
+    duplicates: dict | None = None
 
     @classmethod
     def from_cfg(cls, cfg, root: str | None, run: dict, calibration=None) -> "Settings":
@@ -42,7 +47,8 @@ class Settings:
         return cls(plain(cfg.backbone), plain(cfg.layer), plain(cfg.preprocess), plain(cfg.metric), int(cfg.k),
                    list(cfg.dataset.levels), run, root, int(serving.max_k), int(serving.max_rows),
                    int(serving.rerank_candidates), int(serving.category_votes), runtime,
-                   calibration.record() if calibration is not None else None, None, plain(cfg.search.index))
+                   calibration.record() if calibration is not None else None, None, plain(cfg.search.index),
+                   plain(cfg.serving.products))
 
     def runtime_spec(self) -> dict:
         if self.runtime is not None:

@@ -34,7 +34,8 @@ def signature():
 
     kinds = {int: "long", bool: "boolean", str: "string", float: "double"}
     return ModelSignature(
-        inputs=Schema([ColSpec("string", "image", required=False), ColSpec("string", "text", required=False)]),
+        inputs=Schema([ColSpec("string", "image", required=False), ColSpec("string", "text", required=False),
+                       ColSpec("string", "terms", required=False)]),
         params=ParamSchema([ParamSpec(name, kinds[kind], default) for name, kind, default in SearchOptions.spec()]))
 
 

@@ -1,0 +1,43 @@
+"""Same-product retrieval (the DeepFashion In-shop protocol) on a catalog with several photos per product.
+
+For each query photo: is one of its k nearest catalog photos of the query's own product (the catalog's
+`product_id` column)? Recall@k is the share of queries for which it is, over the queries whose product
+has another photo in their fold's catalog (the others cannot be found, and are counted apart).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from harness.data.catalog import product_ids
+from harness.errors import HarnessError
+from harness.evaluators.base import EvalContext, Evaluator
+
+
+class ProductRecall(Evaluator):
+    """product_recall_at_{k} for each k of `ks` (In-shop's published 1, 5, 10, 20, ...), product_queries."""
+
+    def __init__(self, ks=(1, 5, 10, 20)):
+        ks = list(ks)
+        if not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
+            raise HarnessError(f"evaluator.product.ks must be whole numbers >= 1, got {ks!r}.")
+        self.ks = sorted(set(ks))
+        self.depth = max(self.ks)
+
+    def evaluate(self, ctx: EvalContext) -> dict[str, float]:
+        codes = ctx.cached("product.codes", lambda: pd.factorize(product_ids(ctx.items))[0])
+        query = codes[ctx.query_rows]
+        findable = np.zeros(len(query), dtype=bool)
+        for _, positions, refs in ctx.folds:
+            in_catalog = np.bincount(codes[refs], minlength=codes.max(initial=0) + 1)
+            findable[positions] = in_catalog[query[positions]] > 0
+        if not findable.any():
+            raise HarnessError("evaluator=product: no query has another photo of its product in its catalog "
+                               "(the manifest's product_id column names each photo's product; without it every "
+                               "photo is its own product).")
+        rows = ctx.ranked_rows[findable]
+        hit = (codes[np.maximum(rows, 0)] == query[findable][:, None]) & (rows >= 0)
+        out = {f"product_recall_at_{k}": float(hit[:, :k].any(axis=1).mean()) for k in self.ks}
+        out["product_queries"] = int(findable.sum())
+        out["product_queries_not_findable"] = int((~findable).sum())
+        return out
