@@ -88,7 +88,11 @@ def evaluate(emb, catalog: Catalog, folds: list[Fold], metric: Distance, evaluat
         raise HarnessError(f"emb has {len(emb)} rows for a catalog of {len(catalog)} images.")
     if not folds:
         raise HarnessError("evaluate needs at least one fold (a protocol's split).")
-    k = check_k(k, [Fold(f.query_idx, f.ref_idx[~metric.degenerate(emb[f.ref_idx])]) for f in folds])
+    # all-versus-all: a query's own row is among the references but never an answer
+    k = check_k(k, [Fold(f.query_idx, f.ref_idx[~metric.degenerate(emb[f.ref_idx])][int(f.self_match):]) for f in folds])
+    if projection is not None and any(f.self_match for f in folds):
+        raise HarnessError("a projection cannot be fitted with an all-versus-all protocol: its catalog is its "
+                           "queries, so it would learn their labels (use projection=none).")
     evaluators = list(evaluators.values()) if isinstance(evaluators, Mapping) else list(evaluators)
     if not all(isinstance(ev, Evaluator) for ev in evaluators):
         raise HarnessError("evaluators must be Evaluator instances.")
@@ -118,7 +122,7 @@ def evaluate(emb, catalog: Catalog, folds: list[Fold], metric: Distance, evaluat
     text_rows = {}
 
     t0 = time.perf_counter()
-    searched = []  # per fold: (query rows, reference rows, ranked rows, ranked distances)
+    searched = []  # per fold: (query rows, reference rows, ranked rows, ranked distances, query among refs)
     for fold in folds:
         queries, refs = fold.query_idx[keep[fold.query_idx]], fold.ref_idx[keep[fold.ref_idx]]
         space = emb
@@ -127,10 +131,15 @@ def evaluate(emb, catalog: Catalog, folds: list[Fold], metric: Distance, evaluat
             fitted.append(projection.fit(emb[fit_rows], fit_labels[fit_rows], metric, k))
             space = fitted[-1].transform(emb)
         # One search per fold, as deep as any evaluator reads (the whole ranking for the ranking metrics).
-        depth = len(refs) if None in depths else min(len(refs), max([k, *depths]))
+        # (all-versus-all: one deeper, the query's own row then dropped from its ranking)
+        depth = len(refs) if None in depths else min(len(refs), max([k, *depths]) + int(fold.self_match))
         grouped = GroupedIndex(space[refs], metric, None if groups is None else groups[refs], index, **index_params)
         dist, pos = grouped.search(space[queries], depth, None if groups is None else groups[queries])
-        searched.append((queries, refs, np.where(pos >= 0, refs[np.maximum(pos, 0)], -1), dist))
+        rows = np.where(pos >= 0, refs[np.maximum(pos, 0)], -1)
+        own = np.isin(queries, refs) if fold.self_match else np.zeros(len(queries), dtype=bool)
+        if fold.self_match:
+            rows, dist = without_self(rows, dist, queries)
+        searched.append((queries, refs, rows, dist, own))
         if prompts:  # words search the fold's whole catalog, in the same (projected) space
             words = fitted[-1].transform(text_emb) if projection is not None else text_emb
             _, pos = grouped.search(words, k)
@@ -145,11 +154,12 @@ def evaluate(emb, catalog: Catalog, folds: list[Fold], metric: Distance, evaluat
         sizes = np.cumsum([0] + [len(p[0]) for p in parts])
         rows = np.full((sizes[-1], width), -1, np.int64)
         dist = np.full((sizes[-1], width), np.inf, np.float32)
-        for a, (_, _, r, d) in zip(sizes, parts):
+        for a, (_, _, r, d, _) in zip(sizes, parts):
             rows[a:a + len(r), : r.shape[1]], dist[a:a + len(d), : d.shape[1]] = r, d
         return EvalContext(catalog.items, catalog.levels, k, np.concatenate([p[0] for p in parts]), rows, dist,
                            [(i, np.arange(a, b), p[1]) for i, a, b, p in zip(fold_ids, sizes[:-1], sizes[1:], parts)],
-                           store=store, cache=cache, text_prompts=prompts, text_rows=text_rows)
+                           store=store, cache=cache, text_prompts=prompts, text_rows=text_rows,
+                           in_catalog=np.concatenate([p[4] for p in parts]))
 
     def scores(ctx: EvalContext) -> dict[str, float]:
         return {name: value for ev in evaluators for name, value in ev.evaluate(ctx).items()}
@@ -170,6 +180,15 @@ def evaluate(emb, catalog: Catalog, folds: list[Fold], metric: Distance, evaluat
         metrics["projection_fit_seconds"] = sum(f.info["fit_seconds"] for f in fitted)
     return Evaluation(metrics, artifacts, per_fold, pooled.query_rows, pooled.indices.copy(),
                       pooled.distances.copy(), excluded, fitted)
+
+
+def without_self(rows: np.ndarray, dist: np.ndarray, queries: np.ndarray):
+    """Each query's ranking without its own row (all-versus-all): the rows after it move up one, and
+    the ranking ends one earlier (-1, inf); a query that is not among the references keeps its own."""
+    own = rows == queries[:, None]
+    order = np.argsort(own, axis=1, kind="stable")  # its own row last, the others in their order
+    rows, dist, own = (np.take_along_axis(a, order, axis=1) for a in (rows, dist, own))
+    return np.where(own, -1, rows), np.where(own, np.inf, dist).astype(dist.dtype)
 
 
 def projection_metrics(info: dict) -> dict[str, float]:

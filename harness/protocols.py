@@ -1,7 +1,8 @@
 """Protocols decide which images are queries; the rest of the catalog is what they search.
 
-`split(catalog)` returns the (possibly extended) catalog and a list of folds. A query is never in
-its own fold's references, so it never retrieves itself; distractors (`distractor` column) join
+`split(catalog)` returns the (possibly extended) catalog and a list of folds. A query never retrieves
+itself: it is not in its fold's references, or (`self_match`, all-versus-all) it is and the search
+leaves it out of its own ranking; distractors (`distractor` column) join
 every fold's references and are never queries. A subclass only splits the products (`_split`).
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ from harness.errors import HarnessError
 class Fold:
     query_idx: np.ndarray  # rows of catalog.items used as queries
     ref_idx: np.ndarray    # rows they search
+    self_match: bool = False  # queries are among the references (all-versus-all): each skips itself
 
 
 class Protocol:
@@ -31,7 +33,7 @@ class Protocol:
                           ignore_index=True)
         extra = np.arange(len(products), len(items))
         return (Catalog(items, products.levels, products.source, products.root),
-                [Fold(f.query_idx, np.concatenate([f.ref_idx, extra])) for f in folds])
+                [Fold(f.query_idx, np.concatenate([f.ref_idx, extra]), f.self_match) for f in folds])
 
     def _split(self, catalog: Catalog) -> tuple[Catalog, list[Fold]]:
         raise NotImplementedError
@@ -42,8 +44,8 @@ def restrict(catalog: Catalog, folds: list[Fold], keep: np.ndarray) -> tuple[Cat
     if keep.all():
         return catalog, folds
     new_row = np.cumsum(keep) - 1
-    return catalog.subset(keep), [Fold(new_row[f.query_idx[keep[f.query_idx]]], new_row[f.ref_idx[keep[f.ref_idx]]])
-                                  for f in folds]
+    return catalog.subset(keep), [Fold(new_row[f.query_idx[keep[f.query_idx]]], new_row[f.ref_idx[keep[f.ref_idx]]],
+                                       f.self_match) for f in folds]
 
 
 def _fold_from_mask(is_query: np.ndarray) -> Fold:
@@ -68,13 +70,19 @@ class Holdout(Protocol):
 
 
 class Predefined(Protocol):
-    """The dataset's own split column (Fashion-MNIST: train = catalog, test = queries)."""
+    """The dataset's own split column (Fashion-MNIST: train = catalog, test = queries; a benchmark's
+    `both` rows are queries and references at once, all-versus-all)."""
 
     def _split(self, catalog):
         if "split" not in catalog.items.columns:
-            raise HarnessError("protocol=predefined needs a dataset with a 'split' column (catalog/query); "
+            raise HarnessError("protocol=predefined needs a dataset with a 'split' column (catalog/query/both); "
                                "use protocol=holdout, kfold or queries instead.")
-        return catalog, [_fold_from_mask(catalog.items["split"].to_numpy() == "query")]
+        split = catalog.items["split"].to_numpy()
+        both = split == "both"
+        fold = Fold(np.flatnonzero((split == "query") | both), np.flatnonzero((split == "catalog") | both), bool(both.any()))
+        if not len(fold.query_idx) or not len(fold.ref_idx):
+            raise HarnessError(f"{catalog.source}: its split column names no {'query' if not len(fold.query_idx) else 'catalog'} image.")
+        return catalog, [fold]
 
 
 class Queries(Protocol):

@@ -8,7 +8,7 @@ The column contract, checked once when a catalog is made (`Catalog.__post_init__
 | `item_id`    | unique id of the row; default: the path relative to the dataset root      |
 | each level   | a label column named in `dataset.levels`, as text ("" where unknown)      |
 | `product_id` | optional: the product a photo shows (several photos, one product); default: the item id |
-| `split`      | optional: `catalog` or `query` (a dataset's own split, `protocol=predefined`) |
+| `split`      | optional: `catalog`, `query` or `both` (all-versus-all: a query searching every other image) — a dataset's own split, `protocol=predefined` |
 | `distractor` | optional bool: non-fashion images that join every catalog, never queries  |
 
 Any other column (colour, margin, ...) rides along: the searcher shows it and can re-rank by it.
@@ -24,7 +24,7 @@ import pandas as pd
 from harness.errors import HarnessError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
-SPLITS = ("catalog", "query")
+SPLITS = ("catalog", "query", "both")
 
 
 @dataclass

@@ -31,6 +31,12 @@ class EvalContext:
     text_rows: dict = field(default_factory=dict)       # fold id → (T, k) catalog rows nearest to each prompt
     # Shared by every context of one evaluation (pooled and per fold), dropped with it.
     cache: dict = field(default_factory=dict)
+    # (Q,) the query's own row is among its fold's references (all-versus-all), never an answer
+    in_catalog: np.ndarray | None = None
+
+    def own(self, positions: np.ndarray) -> np.ndarray:
+        """1 for each query (at `positions`) whose fold's catalog holds the query itself, else 0."""
+        return np.zeros(len(positions), np.int64) if self.in_catalog is None else self.in_catalog[positions].astype(np.int64)
 
     @property
     def indices(self) -> np.ndarray:
@@ -81,7 +87,7 @@ class EvalContext:
             ref_codes = codes[ref_rows]
             counts = np.bincount(ref_codes[ref_codes >= 0], minlength=codes.max(initial=-1) + 1)
             query_codes = codes[self.query_rows[positions]]
-            out[positions] = np.where(query_codes >= 0, counts[query_codes], 0)
+            out[positions] = np.where(query_codes >= 0, counts[query_codes] - self.own(positions), 0)
         return out
 
 

@@ -30,7 +30,7 @@ class ProductRecall(Evaluator):
         findable = np.zeros(len(query), dtype=bool)
         for _, positions, refs in ctx.folds:
             in_catalog = np.bincount(codes[refs], minlength=codes.max(initial=0) + 1)
-            findable[positions] = in_catalog[query[positions]] > 0
+            findable[positions] = in_catalog[query[positions]] - ctx.own(positions) > 0
         if not findable.any():
             raise HarnessError("evaluator=product: no query has another photo of its product in its catalog "
                                "(the manifest's product_id column names each photo's product; without it every "

@@ -70,7 +70,7 @@ class Ranking(Evaluator):
             # Only a ranking cut short by max_depth can hold fewer items than a label has.
             searched = np.zeros(len(ctx.query_rows), np.int64)
             for _, positions, refs in ctx.folds:
-                searched[positions] = min(depth, len(refs))
+                searched[positions] = np.minimum(depth, len(refs) - ctx.own(positions))
             truncated = n_relevant > searched
             if truncated.any():
                 truncated_levels.append(f"{level} ({int(truncated.sum())} queries)")
