@@ -2,8 +2,9 @@
 
 Writes experiments/reports/<sweep>.md (+ PNGs) and logs them to the sweep's parent run. Each row is
 a child run; each cell the cross-validated mean ± std where the run has folds, else the value.
-The last column is a paired bootstrap 95 % interval of the run's per-query precision minus the best
-run's, over the queries both answered: an interval that excludes 0 is a real difference.
+The last columns compare the run's per-query precision with the best run's, over the queries both
+answered: a paired bootstrap 95 % interval of the difference (one that excludes 0 is a real gap) and
+a paired randomization test's p (`paired_permutation`, the same interface).
 """
 from __future__ import annotations
 
@@ -62,6 +63,27 @@ def paired_bootstrap(diff: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[fl
     return float(diff.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
+def paired_permutation(diff: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """(mean difference, two-sided p): Fisher's paired randomization test, as ranx runs it. Under "no
+    difference" each query's sign is a coin flip; p is the share of sign assignments whose mean is at
+    least as far from 0 as the one observed. Exact (every assignment) when there are at most `n` of
+    them, else `n` seeded draws (the observed one counted, so p is never 0)."""
+    diff = np.asarray(diff, dtype=np.float64)
+    observed = abs(diff.mean()) if len(diff) else 0.0
+    if len(diff) == 0:
+        return 0.0, 1.0
+    if 2 ** len(diff) <= n:
+        signs = 1 - 2 * ((np.arange(2 ** len(diff))[:, None] >> np.arange(len(diff))) & 1)
+        means = np.abs((signs * diff).mean(axis=1))
+        return float(diff.mean()), float(np.mean(means >= observed - 1e-12))
+    rng = np.random.default_rng(seed)
+    means = np.empty(n)
+    for start in range(0, n, 256):  # bounded memory: 256 × queries signs at a time
+        signs = rng.choice((-1.0, 1.0), (min(256, n - start), len(diff)))
+        means[start:start + len(signs)] = np.abs(signs @ diff) / len(diff)
+    return float(diff.mean()), float((np.sum(means >= observed - 1e-12) + 1) / (n + 1))
+
+
 def own_overrides(children: list[dict]) -> list[str]:
     """What sets each run apart: its sweep overrides that not every run of the sweep shares."""
     split = [c.get("overrides", "").split() for c in children]
@@ -80,14 +102,16 @@ def build(children: list[dict], selection: str, k: int, per_query: dict) -> tupl
         rows.append(row)
     table = pd.DataFrame(rows)
     best = table.loc[table[selection].idxmax(), "run_id"]
-    intervals = {}
+    intervals, p_values = {}, {}
     ref = per_query.get(best)
     for run_id, pq in per_query.items():
         if ref is None or pq is None or selection not in pq:
             continue
         both = ref[["item_id", selection]].merge(pq[["item_id", selection]], on="item_id", suffixes=("_best", ""))
-        intervals[run_id] = paired_bootstrap((both[selection] - both[f"{selection}_best"]).to_numpy())
-    return table, cols, {"best": best, "intervals": intervals}
+        diff = (both[selection] - both[f"{selection}_best"]).to_numpy()
+        intervals[run_id] = paired_bootstrap(diff)
+        p_values[run_id] = paired_permutation(diff)[1]
+    return table, cols, {"best": best, "intervals": intervals, "p_values": p_values}
 
 
 def markdown(table: pd.DataFrame, cols: list[str], extra: dict, selection: str, sweep: str,
@@ -102,17 +126,19 @@ def markdown(table: pd.DataFrame, cols: list[str], extra: dict, selection: str, 
                 continue
             txt = f"{r[c]:.4f}" + (f" ± {r[f'{c}_std']:.4f}" if pd.notna(r[f"{c}_std"]) else "")
             cells.append(f"**{txt}**" if np.isclose(r[c], best) else txt)
-        iv = extra["intervals"].get(r.run_id)
+        iv, p = extra["intervals"].get(r.run_id), extra.get("p_values", {}).get(r.run_id)
         cells.append("best" if r.run_id == extra["best"] else
                      (f"{iv[0]:+.4f} [{iv[1]:+.4f}, {iv[2]:+.4f}]" if iv else "n/a"))
+        cells.append("–" if r.run_id == extra["best"] or p is None else f"{p:.4f}")
         fmt.append("| " + " | ".join(str(c) for c in cells) + " |")
     head = ["run (its own overrides)", "backbone", "layer", "preprocess", "metric", *cols,
-            f"Δ {selection} vs best [95% CI]"]
+            f"Δ {selection} vs best [95% CI]", "p (permutation)"]
     return "\n".join([
         f"# Sweep {sweep}", "",
         f"{len(table)} runs. Cells: mean ± std over folds where the run has folds. **Bold**: best per column "
         f"(lowest for {', '.join(lower) or 'none'}, highest otherwise). Last column: paired bootstrap (2,000 resamples) 95 % "
-        "interval of per-query precision minus the best run's; an interval excluding 0 is a real gap.", "",
+        "interval of per-query precision minus the best run's; an interval excluding 0 is a real gap. p: paired "
+        "randomization test (sign flips, 2,000 draws) of the same difference.", "",
         "| " + " | ".join(head) + " |", "|" + "---|" * len(head), *fmt, "",
         "![precision](precision.png)", "", *(["![colour and texture](color_texture.png)"] if "color_correlation_mean" in cols else []),
     ])

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
+from harness.data.lineage import dataset_records
 from harness.pipeline import build
 from harness.protocols import restrict
 from harness.serving.package import log_served_model
@@ -27,6 +28,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
             metrics = {**result.metrics, **feats.metrics()}
             job.log_folds(result.per_fold)
             job.log_metrics(metrics)
+            job.log_datasets(dataset_records(catalog, folds, type(pipe.protocol).__name__, type(pipe.dataset).__name__))
             skipped = feats.skipped + [(catalog.items["path"].iloc[r], why) for r, why in result.excluded]
             calibration = pipe.backbone.calibration  # int8: the sample it was quantized with, recorded
             job.log_artifacts({**result.artifacts,

@@ -48,6 +48,11 @@ def test_products_run_logs_scores_params_and_artifacts(tmp_path, catalog_dir):
     assert run.data.params["backbone.arch"] == "efficientnet_lite0"
     arts = {a.path for a in client(tmp_path).list_artifacts(run.info.run_id)}
     assert {"config.yaml", "per_label_category.csv", "per_label_subcategory.csv", "skipped_images.csv"} <= arts
+    # the MLflow UI's Datasets: which catalog and queries the scores were measured on
+    inputs = {{t.key: t.value for t in i.tags}["mlflow.data.context"]: i for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"catalog", "queries"}
+    tags = {t.key: t.value for t in inputs["queries"].tags}
+    assert (tags["protocol"], tags["rows"]) == ("Holdout", "11") and len(inputs["catalog"].dataset.digest) == 16
     with sqlite3.connect(tmp_path / "mlruns" / "features.sqlite") as db:
         rows = db.execute("SELECT COUNT(*), MIN(rank), MAX(rank) FROM neighbours WHERE run_id = ?",
                           (run.info.run_id,)).fetchone()
@@ -66,6 +71,8 @@ def test_metric_sweep_is_one_parent_with_children_and_extracts_once(tmp_path, ca
     assert euclid["images_extracted"] == 54 and minkowski["images_extracted"] == cosine["images_extracted"] == 0
     for key in ("category_precision_at_5", "subcategory_precision_at_5"):
         assert minkowski[key] == euclid[key]
+    digests = [sorted(i.dataset.digest for i in c.inputs.dataset_inputs) for c in children]
+    assert len(digests[0]) == 2 and digests[0] == digests[1] == digests[2]  # one catalog, one digest
     assert euclid["feature_dim"] == 2048
 
     out = tmp_path / "reports"
@@ -75,6 +82,8 @@ def test_metric_sweep_is_one_parent_with_children_and_extracts_once(tmp_path, ca
     rows = [ln for ln in report.splitlines() if "| resnet50 |" in ln]
     assert [r.split(" | ")[0] for r in rows] == ["| metric=euclidean", "| metric=minkowski", "| metric=cosine"]
     assert len(rows) == 3 and sum("best" in r for r in rows) == 1 and all("[" in r or "best" in r for r in rows)
+    p_values = [r.rstrip(" |").split(" | ")[-1] for r in rows]  # the randomization test beside the interval
+    assert p_values.count("–") == 1 and all(0 < float(p) <= 1 for p in p_values if p != "–")
     assert (out / f"{parents[0].info.run_id}_precision.png").exists()
     arts = {a.path for a in client(tmp_path).list_artifacts(parents[0].info.run_id, "report")}
     assert f"report/{parents[0].info.run_id}.md" in arts

@@ -120,3 +120,27 @@ def test_folder_tree_files_sharing_a_stem_get_distinct_ids(cfg_factory, tmp_path
         Image.new("RGB", (8, 8)).save(tree / rel)
     items = instantiate(cfg_factory("dataset=products", f"dataset.root={tree}").dataset).load().items
     assert sorted(items["item_id"]) == ["Bags/Totes/1.jpg", "Shoes/Boots/1.jpg", "Shoes/Sneakers/1.jpg"]
+
+
+def test_dataset_digests_follow_the_manifest_and_the_image_contents(tmp_path):
+    from harness.data.catalog import Catalog
+    from harness.data.lineage import dataset_records
+    from harness.protocols import Fold
+
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("path,category\na.jpg,x\nb.jpg,y\nc.jpg,x\n")
+    items = pd.DataFrame({"path": ["/a", "/b", "/c"], "item_id": ["a", "b", "c"], "category": ["x", "y", "x"],
+                          "content_hash": ["h1", "h2", "h3"]})
+    folds = [Fold(np.array([0]), np.array([1, 2]))]
+
+    def digests(table):
+        records = dataset_records(Catalog(table, ["category"], str(manifest), str(tmp_path)), folds, "Holdout", "FolderOrManifest")
+        assert [r.context for r in records] == ["catalog", "queries"] and records[1].table["item_id"].tolist() == ["a"]
+        return [r.digest for r in records]
+
+    before = digests(items)
+    assert digests(items.copy()) == before                                  # the same images: the same digests
+    assert digests(items.assign(content_hash=["h1", "h2", "h9"]))[0] != before[0]   # an image changed
+    assert digests(items.assign(content_hash=["h1", "h2", "h9"]))[1] == before[1]   # (not a query's)
+    manifest.write_text("path,category\na.jpg,x\nb.jpg,y\nc.jpg,y\n")        # a label file edited
+    assert digests(items)[0] != before[0]

@@ -78,6 +78,10 @@ class Job:
     def log_folder(self, folder: Path) -> None:
         raise NotImplementedError
 
+    def log_datasets(self, records: list) -> None:
+        """What the scores were measured on (harness.data.lineage.DatasetRecord); kept where the tracker
+        can show it (MLflow: the run's Datasets), else nowhere."""
+
     def log_model(self, directory: Path, register_as: str | None, score: float | None = None) -> str:
         """The served searcher's files as a model; registered as `register_as` when given. Its URI."""
         raise NotImplementedError

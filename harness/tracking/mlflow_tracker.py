@@ -39,6 +39,11 @@ class MlflowJob(Job):
     def log_folder(self, folder: Path) -> None:
         mlflow.log_artifacts(str(folder))
 
+    def log_datasets(self, records):
+        for r in records:
+            dataset = mlflow.data.from_pandas(r.table, source=r.source, name=r.name, digest=r.digest)
+            mlflow.log_input(dataset, context=r.context, tags=r.tags)
+
     def log_model(self, directory, register_as, score=None):
         """Outside a sweep, `register_as` registers the model as that name's champion at once if its
         selection `score` is a finite number; in a sweep the SweepCallback registers the best child."""
