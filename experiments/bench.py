@@ -22,7 +22,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ from harness.backbones.base import cpu_has_bf16
 from harness.config import CONFIG_DIR, ROOT, compose_config, instantiate
 from harness.data.images import decode_image
 from harness.extract import extract
+from harness.machine import machine
 from harness.pipeline import Pipeline, build
 from harness.runtimes.openvino import openvino_installed
 from harness.store import FeatureStore
@@ -47,31 +47,6 @@ def pipeline(*overrides: str) -> Pipeline:
     """The run's components for these overrides, built as a run builds them (nothing tracked)."""
     return build(compose_config(*overrides, "tracker=none"))
 
-
-ISA = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "amx_tile")
-
-
-def machine() -> dict:
-    """What every result depends on: the CPU, its instruction sets, the software."""
-    lines = Path("/proc/cpuinfo").read_text().splitlines()
-    # platform.processor() only where /proc says nothing: it forks `uname`, which crashed a process
-    # holding OpenVINO's and OpenMP's threads here (SIGSEGV while reading the child's output).
-    cpu = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), None) \
-        or platform.processor()
-    flags = set(next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), []))
-    try:
-        import openvino
-        ov_version = openvino.__version__.split("-")[0]
-    except ImportError:
-        ov_version = None
-    try:
-        import nncf
-        nncf_version = nncf.__version__
-    except ImportError:
-        nncf_version = None
-    return {"cpu": cpu, "cores": torch.get_num_threads(), "isa": {f: f in flags for f in ISA},
-            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"), "torch": torch.__version__,
-            "openvino": ov_version, "nncf": nncf_version, "python": platform.python_version()}
 
 
 
@@ -320,6 +295,8 @@ def bench_search(args) -> list[dict]:
 
 
 def bench_ann(args) -> list[dict]:
+    """Recall@k against queries/s for exact, IVF (per nprobe) and HNSW (per ef_search) on one clustered
+    catalog, and the ann-benchmarks-style Pareto plot of them (`<name>_pareto.png` beside the JSON)."""
     from harness.metrics import Euclidean
     from harness.search import build_index
 
@@ -330,26 +307,61 @@ def bench_ann(args) -> list[dict]:
     _, exact = exact_index.search(query, args.k)  # timed without building, as the approximate ones are
     exact_s = time.perf_counter() - t0
     del exact_index
+    rows.append({"index": "exact", "n": args.n, "dim": args.dim, "queries": args.queries, "build_seconds": 0.0,
+                 "exact_qps": round(args.queries / exact_s, 1), "ann_qps": round(args.queries / exact_s, 1),
+                 "speedup": 1.0, f"recall_at_{args.k}": 1.0})
     for kind in args.kinds:
         t0 = time.perf_counter()
         params = {"nlist": args.nlist, "codec": args.codec, "rerank": args.rerank} if kind == "ivf" else {}
         index = build_index(ref, metric, instantiate(compose_config(f"search={kind}").search.index), **params)
         build_s = time.perf_counter() - t0
-        for nprobe in args.nprobe if kind == "ivf" else [None]:
-            if nprobe:
-                index.nprobe = nprobe
+        for setting in args.nprobe if kind == "ivf" else args.ef_search if kind == "hnsw" else [None]:
+            if kind == "ivf":
+                index.nprobe = setting
+            elif kind == "hnsw":
+                index.faiss.hnsw.efSearch = setting
             t0 = time.perf_counter()
             _, approx = index.search(query, args.k)
             ann_s = time.perf_counter() - t0
             recall = float(np.mean([len(set(a) & set(e)) / args.k for a, e in zip(approx, exact)]))
-            rows.append({"index": kind, **{k: v for k, v in params.items() if v is not None}, "nprobe": nprobe,
+            rows.append({"index": kind, **{k: v for k, v in params.items() if v is not None},
+                         ("nprobe" if kind == "ivf" else "ef_search"): setting,
                          "n": args.n, "dim": args.dim, "queries": args.queries,
                          "build_seconds": round(build_s, 1), "exact_qps": round(args.queries / exact_s, 1),
                          "ann_qps": round(args.queries / ann_s, 1), "speedup": round(exact_s / ann_s, 1),
                          f"recall_at_{args.k}": round(recall, 4)})
             print(rows[-1], flush=True)
         del index
+    args.out.mkdir(parents=True, exist_ok=True)
+    ann_pareto(rows, args.k).savefig(args.out / f"{args.name or 'ann'}_pareto.png", dpi=110)
     return rows
+
+
+def ann_pareto(rows: list[dict], k: int):
+    """Recall@k (x) against queries/s (y, log), one line per index over its settings, the frontier marked."""
+    from matplotlib.figure import Figure
+
+    from harness.leaderboard import pareto_front
+
+    table = pd.DataFrame(rows)
+    recall = f"recall_at_{k}"
+    fig = Figure(figsize=(6.5, 4.2))
+    ax = fig.subplots()
+    for kind, group in table.groupby("index", sort=False):
+        ax.plot(group[recall], group["ann_qps"], marker="o", label=kind)
+        for r in group.itertuples():
+            setting = getattr(r, "nprobe", None) if kind == "ivf" else getattr(r, "ef_search", None) if kind == "hnsw" else None
+            if setting is not None and setting == setting:
+                ax.annotate(f"{'nprobe' if kind == 'ivf' else 'ef'} {int(setting)}", (getattr(r, recall), r.ann_qps),
+                            fontsize=7, xytext=(3, 3), textcoords="offset points")
+    front = table[pareto_front(table[recall].to_numpy(), table["ann_qps"].to_numpy())].sort_values(recall)
+    ax.plot(front[recall], front["ann_qps"], color="black", lw=0.8, ls="--", label="Pareto frontier")
+    n, dim = int(table["n"].iloc[0]), int(table["dim"].iloc[0])
+    ax.set(xlabel=f"recall@{k}", ylabel="queries/s (one batch, this machine)", yscale="log",
+           title=f"{n:,} × {dim} clustered vectors, euclidean")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def bench_grid(args) -> list[dict]:
@@ -792,6 +804,7 @@ def main(argv=None):
     an.add_argument("--nlist", type=int, default=None)
     an.add_argument("--codec", default="SQ8", help="FAISS codec of the inverted lists: SQ8, Flat, PQ64, ...")
     an.add_argument("--rerank", type=int, default=4)
+    an.add_argument("--ef-search", type=int, nargs="+", default=[16, 32, 64, 128, 256], help="hnsw: settings searched")
     gr = sub.add_parser("grid", help="the study's 18-run grid vs extracting once per backbone")
     gr.add_argument("--backbones", nargs="+", default=["vgg16", "vgg19", "resnet50"])
     gr.add_argument("--catalog", type=Path, default=DEFAULT_CATALOG)

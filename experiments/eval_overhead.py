@@ -18,7 +18,8 @@ import time
 import numpy as np
 
 from harness import ROOT
-from bench import DEFAULT_CATALOG, machine
+from bench import DEFAULT_CATALOG
+from harness.machine import machine
 
 
 def main():

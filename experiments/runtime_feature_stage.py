@@ -19,7 +19,7 @@ import numpy as np
 
 from harness import ROOT
 from harness.backbones.base import cpu_has_bf16
-from bench import machine
+from harness.machine import machine
 from harness.config import compose_config
 from harness.run import run
 

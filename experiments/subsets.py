@@ -16,7 +16,7 @@ import logging
 import numpy as np
 
 from harness import ROOT
-from bench import machine
+from harness.machine import machine
 from harness.config import compose_config
 from harness.run import run
 

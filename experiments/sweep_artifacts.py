@@ -51,7 +51,7 @@ def main(argv=None):
         row["total_bytes"] = row["model_bytes"] + row["index_bytes"]
         rows.append(row)
         print(row, flush=True)
-    from bench import machine  # the CPU and its ISA flags, as every benchmark records them
+    from harness.machine import machine  # the CPU and its ISA flags, as every benchmark records them
 
     args.out.write_text(json.dumps({"section": "sweep_artifacts", "machine": machine(), "date": time.strftime("%Y-%m-%d"),
                                     "rows": rows}, indent=2))

@@ -21,6 +21,7 @@ from harness.tracking import build_tracker
 from harness.tracking.sweeps import log_artifacts_to, pick_sweep, read_csv_artifact, sweep_children
 from harness.config import ROOT, compose_config
 from harness.errors import HarnessError
+from harness.metrics.retrieval import bootstrap_interval
 
 
 def lower_is_better(children: list[dict]) -> tuple[str, ...]:
@@ -58,9 +59,8 @@ def value(metrics: dict, name: str) -> tuple[float, float | None]:
 
 
 def paired_bootstrap(diff: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    rng = np.random.default_rng(seed)
-    means = diff[rng.integers(0, len(diff), (n, len(diff)))].mean(axis=1)
-    return float(diff.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+    """(mean, 95 % interval) of per-query differences between two runs."""
+    return bootstrap_interval(diff, n, seed)
 
 
 def paired_permutation(diff: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float]:

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
+from harness.card import card_markdown, card_summary, result_card
 from harness.data.lineage import dataset_records
 from harness.pipeline import build
 from harness.protocols import restrict
@@ -28,10 +29,13 @@ def run(cfg: DictConfig) -> dict[str, float]:
             metrics = {**result.metrics, **feats.metrics()}
             job.log_folds(result.per_fold)
             job.log_metrics(metrics)
-            job.log_datasets(dataset_records(catalog, folds, type(pipe.protocol).__name__, type(pipe.dataset).__name__))
+            records = dataset_records(catalog, folds, type(pipe.protocol).__name__, type(pipe.dataset).__name__)
+            job.log_datasets(records)
+            card = result_card(pipe, catalog, feats.emb[feats.valid], folds, result, metrics, records)
+            job.set_description(card_summary(card))
             skipped = feats.skipped + [(catalog.items["path"].iloc[r], why) for r, why in result.excluded]
             calibration = pipe.backbone.calibration  # int8: the sample it was quantized with, recorded
-            job.log_artifacts({**result.artifacts,
+            job.log_artifacts({**result.artifacts, "card.json": card, "card.md": card_markdown(card),
                                "skipped_images.csv": pd.DataFrame(skipped, columns=["path", "reason"]),
                                **({"int8_calibration.csv": pd.DataFrame(calibration.items, columns=["path", "content_hash"])}
                                   if calibration is not None else {})})

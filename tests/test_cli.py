@@ -53,6 +53,19 @@ def test_products_run_logs_scores_params_and_artifacts(tmp_path, catalog_dir):
     assert set(inputs) == {"catalog", "queries"}
     tags = {t.key: t.value for t in inputs["queries"].tags}
     assert (tags["protocol"], tags["rows"]) == ("Holdout", "11") and len(inputs["catalog"].dataset.digest) == 16
+    # the result card: scores with intervals, cost, and its key lines as the run's description
+    import json
+
+    card = json.loads(open(client(tmp_path).download_artifacts(run.info.run_id, "card.json", str(tmp_path))).read())
+    score = card["scores"]["category_precision_at_5"]
+    assert score["value"] == pytest.approx(m["category_precision_at_5"]) and score["low"] <= score["value"] <= score["high"]
+    assert score["queries"] == 11 and card["dataset"]["catalog"]["digest"] == inputs["catalog"].dataset.digest
+    cost = card["cost"]
+    assert (cost["parameters"], cost["feature_dim"], cost["bytes_per_item"]) == (4652008, 1280, 5120)
+    assert cost["images_per_second"] == pytest.approx(m["images_per_second"]) and cost["query_p50_ms"] > 0
+    assert "avx2" in cost["machine"]["isa"] and "card.md" in arts
+    description = run.data.tags["mlflow.note.content"]
+    assert description.startswith("**efficientnet_lite0**") and "category_precision_at_5: " in description
     with sqlite3.connect(tmp_path / "mlruns" / "features.sqlite") as db:
         rows = db.execute("SELECT COUNT(*), MIN(rank), MAX(rank) FROM neighbours WHERE run_id = ?",
                           (run.info.run_id,)).fetchone()
@@ -87,6 +100,16 @@ def test_metric_sweep_is_one_parent_with_children_and_extracts_once(tmp_path, ca
     assert (out / f"{parents[0].info.run_id}_precision.png").exists()
     arts = {a.path for a in client(tmp_path).list_artifacts(parents[0].info.run_id, "report")}
     assert f"report/{parents[0].info.run_id}.md" in arts
+    # the leaderboard from the runs' result cards: one row per configuration, one column per catalog version
+    board = tmp_path / "board"
+    subprocess.run([sys.executable, "-m", "harness.leaderboard", "--out", str(board), f"paths.root={tmp_path}"],
+                   cwd=ROOT, check=True, capture_output=True, timeout=300)
+    table = pd.read_csv(board / "leaderboard.csv")
+    assert sorted(table["metric"]) == ["Cosine", "Euclidean", "Minkowski"] and (table["parameters"] == 25557032).all()
+    [column] = [c for c in table if c.endswith("subcategory_precision_at_5")]
+    assert digests[0][0] in column or digests[0][1] in column
+    assert sorted(table[column]) == sorted(c["subcategory_precision_at_5"] for c in (euclid, minkowski, cosine))
+    assert (board / "leaderboard.png").stat().st_size > 0 and "| resnet50 |" in (board / "leaderboard.md").read_text()
 
 
 def _write(path, img, fmt, **kw):

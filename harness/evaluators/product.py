@@ -24,20 +24,31 @@ class ProductRecall(Evaluator):
         self.ks = sorted(set(ks))
         self.depth = max(self.ks)
 
-    def evaluate(self, ctx: EvalContext) -> dict[str, float]:
+    def _hits(self, ctx: EvalContext) -> tuple[np.ndarray, np.ndarray]:
+        """(findable (Q,), hit (Q, depth)): has the query's product another photo in its fold's catalog;
+        is the ranked photo of it."""
         codes = ctx.cached("product.codes", lambda: pd.factorize(product_ids(ctx.items))[0])
-        query = codes[ctx.query_rows]
+        query, rows = codes[ctx.query_rows], ctx.ranked_rows
         findable = np.zeros(len(query), dtype=bool)
         for _, positions, refs in ctx.folds:
             in_catalog = np.bincount(codes[refs], minlength=codes.max(initial=0) + 1)
             findable[positions] = in_catalog[query[positions]] - ctx.own(positions) > 0
+        return findable, (codes[np.maximum(rows, 0)] == query[:, None]) & (rows >= 0)
+
+    def evaluate(self, ctx: EvalContext) -> dict[str, float]:
+        findable, hit = self._hits(ctx)
         if not findable.any():
             raise HarnessError("evaluator=product: no query has another photo of its product in its catalog "
                                "(the manifest's product_id column names each photo's product; without it every "
                                "photo is its own product).")
-        rows = ctx.ranked_rows[findable]
-        hit = (codes[np.maximum(rows, 0)] == query[findable][:, None]) & (rows >= 0)
-        out = {f"product_recall_at_{k}": float(hit[:, :k].any(axis=1).mean()) for k in self.ks}
+        out = {f"product_recall_at_{k}": float(hit[findable, :k].any(axis=1).mean()) for k in self.ks}
         out["product_queries"] = int(findable.sum())
         out["product_queries_not_findable"] = int((~findable).sum())
         return out
+
+    def artifacts(self, ctx):
+        """Each findable query's hits at every k (the result card's intervals)."""
+        findable, hit = self._hits(ctx)
+        table = {"item_id": ctx.items["item_id"].to_numpy()[ctx.query_rows][findable]}
+        table.update({f"product_recall_at_{k}": hit[findable, :k].any(axis=1).astype(float) for k in self.ks})
+        return {"per_query_product.csv": pd.DataFrame(table)}

@@ -126,3 +126,13 @@ def mrr(relevant: np.ndarray) -> float:
     has = relevant.any(axis=1)
     first = np.argmax(relevant, axis=1) + 1
     return float(np.mean(np.where(has, 1.0 / first, 0.0))) if len(relevant) else float("nan")
+
+
+def bootstrap_interval(values: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """(mean, 2.5 %, 97.5 %) of `values`' mean over `n` seeded resamples of the queries."""
+    values = np.asarray(values, dtype=np.float64)
+    if not len(values):
+        return float("nan"), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = np.array([values[rng.integers(0, len(values), len(values))].mean() for _ in range(n)])
+    return float(values.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))

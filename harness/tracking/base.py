@@ -8,6 +8,7 @@ neighbours still go to the feature store. Another tracker is one subclass + one 
 """
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 import uuid
@@ -37,7 +38,7 @@ def finite(metrics: dict) -> dict[str, float]:
 
 
 def write_artifact(obj, path: Path) -> None:
-    """A table, a figure or an image as the file `path` names."""
+    """A table, a figure, an image, a dict (JSON) or a text as the file `path` names."""
     from matplotlib.figure import Figure
     from PIL import Image
 
@@ -47,6 +48,10 @@ def write_artifact(obj, path: Path) -> None:
         obj.savefig(path, dpi=110, bbox_inches="tight")
     elif isinstance(obj, Image.Image):
         obj.save(path)
+    elif isinstance(obj, dict):
+        path.write_text(json.dumps(obj, indent=2, default=str))
+    elif isinstance(obj, str):
+        path.write_text(obj)
     else:
         raise TypeError(f"cannot write artifact {path.name} of type {type(obj).__name__}")
 
@@ -77,6 +82,9 @@ class Job:
 
     def log_folder(self, folder: Path) -> None:
         raise NotImplementedError
+
+    def set_description(self, text: str) -> None:
+        """A few lines shown with the run (MLflow: its description); nowhere by default."""
 
     def log_datasets(self, records: list) -> None:
         """What the scores were measured on (harness.data.lineage.DatasetRecord); kept where the tracker

@@ -39,6 +39,9 @@ class MlflowJob(Job):
     def log_folder(self, folder: Path) -> None:
         mlflow.log_artifacts(str(folder))
 
+    def set_description(self, text):
+        mlflow.set_tag("mlflow.note.content", text)
+
     def log_datasets(self, records):
         for r in records:
             dataset = mlflow.data.from_pandas(r.table, source=r.source, name=r.name, digest=r.digest)

@@ -147,3 +147,19 @@ def log_artifacts_to(tracker: MlflowTracker, run_id: str, paths: list[Path], sub
     client = tracker.store.client
     for path in paths:
         client.log_artifact(run_id, str(path), artifact_path=subdir)
+
+
+def result_cards(tracker: MlflowTracker, dst: Path) -> list[dict]:
+    """Every finished run's result card (card.json), oldest first, with its run id and start time."""
+    import json
+
+    exp_id = tracker.store.connect()
+    cards = []
+    for run in tracker.store.client.search_runs([exp_id], "attributes.status = 'FINISHED'",
+                                                 order_by=["attributes.start_time ASC"]):
+        try:
+            path = tracker.store.client.download_artifacts(run.info.run_id, "card.json", str(dst / run.info.run_id))
+        except Exception:  # runs logged before cards, sweep parents, dedup runs: no card
+            continue
+        cards.append({**json.loads(Path(path).read_text()), "run_id": run.info.run_id, "start_time": run.info.start_time})
+    return cards
