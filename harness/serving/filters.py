@@ -8,13 +8,12 @@ bounded before anything is compared: a request cannot make the server scan the c
 """
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 import pandas as pd
 
-from harness.serving.requests import BadQuery
+from harness.serving.requests import BadQuery, json_text
 
 MAX_FILTER_CHARS = 10_000
 MAX_CONDITIONS = 16
@@ -27,13 +26,7 @@ def parse_filters(value) -> dict:
     """A request's `filters` (dict, JSON text, or empty) → a dict of conditions, its shape checked."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return {}
-    if isinstance(value, str):
-        if len(value) > MAX_FILTER_CHARS:
-            raise BadQuery(f"filters longer than {MAX_FILTER_CHARS} characters")
-        try:
-            value = json.loads(value)
-        except ValueError:
-            raise BadQuery("filters must be a JSON object, e.g. {\"category\": \"Footwear\"}") from None
+    value = json_text(value, MAX_FILTER_CHARS, "filters", 'a JSON object, e.g. {"category": "Footwear"}')
     if not isinstance(value, dict):
         raise BadQuery(f"filters must be an object of column: condition, got {type(value).__name__}")
     if len(value) > MAX_CONDITIONS:

@@ -16,7 +16,6 @@ product, `fuse`d: each term answered on its own, the answers merged by weighted 
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 
@@ -24,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from harness.data.catalog import product_ids
-from harness.serving.requests import BadQuery
+from harness.serving.requests import BadQuery, json_text
 
 DISTANCES = ("best", "mean")
 COMBINES = ("mean", "fuse")
@@ -118,13 +117,8 @@ def parse_terms(value, max_terms: int) -> list[Term]:
     one of image / text per term, a finite non-zero weight (default 1), at least one positive."""
     if isinstance(value, list) and value and all(isinstance(t, Term) for t in value):
         return value  # parsed already (the MLflow model counts a request's terms first)
-    if isinstance(value, str):
-        if len(value) > MAX_TERM_CHARS:
-            raise BadQuery(f"terms longer than {MAX_TERM_CHARS >> 20} MB")
-        try:
-            value = json.loads(value)
-        except ValueError:
-            raise BadQuery('terms must be a JSON list, e.g. [{"image": "<base64>"}, {"text": "no stripes", "weight": -0.3}]') from None
+    value = json_text(value, MAX_TERM_CHARS, "terms",
+                      'a JSON list, e.g. [{"image": "<base64>"}, {"text": "no stripes", "weight": -0.3}]')
     if not isinstance(value, list) or not value:
         raise BadQuery("terms must be a non-empty list of {\"image\": …} or {\"text\": …} objects")
     if len(value) > max_terms:

@@ -70,6 +70,20 @@ def _read_file(path: Path) -> bytes:
     return read_bytes(path, MAX_UPLOAD_BYTES)
 
 
+def json_text(value, max_chars: int, name: str, expected: str):
+    """A request's JSON-valued field: a string is parsed (its length bounded first); anything else is
+    returned as given, for the caller to check its shape."""
+    if not isinstance(value, str):
+        return value
+    if len(value) > max_chars:
+        size = f"{max_chars >> 20} MB" if max_chars >= 1 << 20 else f"{max_chars} characters"
+        raise BadQuery(f"{name} longer than {size}")
+    try:
+        return json.loads(value)
+    except ValueError:
+        raise BadQuery(f"{name} must be {expected}") from None
+
+
 def whole_number(value, name: str) -> int:
     """A request's count (k, rows) as an int: whole numbers only (2.0 is 2; True, 2.5 and "5" are not)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer, float, np.floating)):

@@ -35,7 +35,7 @@ from harness.projections import FittedProjection
 from harness.runtimes.calibration import Calibration
 from harness.search import ExactIndex, GroupedIndex
 from harness.serving.filters import CatalogFilter, parse_filters
-from harness.serving.products import COMBINES, DISTANCES, AnswerKeys, Term, combine, fuse, parse_terms
+from harness.serving.products import COMBINES, DISTANCES, AnswerKeys, Term, combine, fuse, parse_terms, product_distance
 from harness.serving.requests import MAX_TEXT_CHARS, MAX_UPLOAD_BYTES, BadQuery, SearchOptions, decode_upload, whole_number
 from harness.serving.settings import Settings
 
@@ -288,9 +288,8 @@ class Searcher:
         photos = np.flatnonzero(np.isin(product, product[rows]))
         d, i = self._neighbours(served, emb, len(photos), group, where, only=photos)
         found = i[0] >= 0
-        frame = pd.DataFrame({"p": product[i[0][found]], "d": d[0][found].astype(np.float64)})
-        mean = frame.groupby("p")["d"].mean()
-        means = mean.reindex(product[rows]).to_numpy()
+        mean = product_distance(i[0][found], d[0][found], product, "mean")
+        means = np.array([mean[p] for p in product[rows]])
         order = np.lexsort((best, means))
         return rows[order], means[order].astype(np.float32)
 
