@@ -458,27 +458,32 @@ def bench_decode(args) -> list[dict]:
         rows.append(row)
         print(row, flush=True)
     if args.quality:
-        with tempfile.TemporaryDirectory() as tmp:
-            scores, emb = {}, {}
-            for label, settings in variants.items():
-                for protocol in ("holdout", "kfold"):
-                    cfg = compose_config("dataset=products", f"dataset.root={args.large}", f"protocol={protocol}",
-                                         "extract.progress=false", "tracker=none", f"paths.root={tmp}/{label}", *settings,
-                                         *(["protocol.folds=10"] if protocol == "kfold" else []))
-                    metrics = run(cfg)
-                    for level in ("category", "subcategory"):
-                        key = f"{level}_precision_at_5" + ("_mean" if protocol == "kfold" else "")
-                        scores[f"{protocol}_{level}_p5_{label}"] = metrics[key]
-                emb[label] = harness_path(pipeline("dataset=products", f"dataset.root={args.large}", *settings,
-                                                   f"paths.root={tmp}/{label}"), catalog_paths(args.large, None)).emb
-            row = {"quality": "efficientnet_lite0 imagenet, large photos", **{k: round(v, 4) for k, v in scores.items()},
-                   **{f"max_abs_p5_difference_{label}": round(max(abs(scores[k] - scores[k.replace(label, "full")])
-                                                                  for k in scores if k.endswith(f"_{label}")), 4)
-                      for label in variants if label != "full"},
-                   **{f"top5_agreement_{label}_vs_full": round(topk_agreement(emb[label], emb["full"]), 4)
-                      for label in variants if label != "full"}}
-            rows.append(row)
-            print(row, flush=True)
+        # Per precision: with bf16 the network's own rounding differs between two slightly different
+        # inputs, so the bf16 agreement mixes that noise with the decoding's effect; fp32 isolates decoding.
+        for precision in args.quality_precisions:
+            with tempfile.TemporaryDirectory() as tmp:
+                scores, emb = {}, {}
+                for label, settings in variants.items():
+                    settings = [*settings, f"backbone.precision={precision}"]
+                    for protocol in ("holdout", "kfold"):
+                        cfg = compose_config("dataset=products", f"dataset.root={args.large}", f"protocol={protocol}",
+                                             "extract.progress=false", "tracker=none", f"paths.root={tmp}/{label}",
+                                             *settings, *(["protocol.folds=10"] if protocol == "kfold" else []))
+                        metrics = run(cfg)
+                        for level in ("category", "subcategory"):
+                            key = f"{level}_precision_at_5" + ("_mean" if protocol == "kfold" else "")
+                            scores[f"{protocol}_{level}_p5_{label}"] = metrics[key]
+                    emb[label] = harness_path(pipeline("dataset=products", f"dataset.root={args.large}", *settings,
+                                                       f"paths.root={tmp}/{label}"), catalog_paths(args.large, None)).emb
+                row = {"quality": f"efficientnet_lite0 imagenet, large photos, precision={precision}",
+                       **{k: round(v, 4) for k, v in scores.items()},
+                       **{f"max_abs_p5_difference_{label}": round(max(abs(scores[k] - scores[k.replace(label, "full")])
+                                                                      for k in scores if k.endswith(f"_{label}")), 4)
+                          for label in variants if label != "full"},
+                       **{f"top5_agreement_{label}_vs_full": round(topk_agreement(emb[label], emb["full"]), 4)
+                          for label in variants if label != "full"}}
+                rows.append(row)
+                print(row, flush=True)
     return rows
 
 
@@ -830,6 +835,8 @@ def main(argv=None):
     dc.add_argument("--images", type=int, default=512)
     dc.add_argument("--rounds", type=int, default=3)
     dc.add_argument("--quality", action="store_true", help="also P@5 and top-5 agreement on the whole large copy")
+    dc.add_argument("--quality-precisions", nargs="+", default=["auto", "fp32"],
+                    help="backbone.precision values the quality part runs under")
     ix = sub.add_parser("index", help="the served catalog index: build, 1 % update, load, query latency")
     ix.add_argument("--n", type=int, default=1_000_000)
     ix.add_argument("--dim", type=int, default=1280)
