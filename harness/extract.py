@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from harness import liveness
 from harness.backbones.base import Backbone, describe
-from harness.data.images import BadImage, content_hash, read_bytes
+from harness.data.images import BadImage, content_hash, read_bytes, region_key
 from harness.engines.base import Engine, Job
 from harness.errors import HarnessError
 from harness.runtimes.calibration import Calibration
@@ -83,6 +83,13 @@ def check_features(emb: np.ndarray, valid: np.ndarray, failed: dict[int, str], b
         raise HarnessError(f"the network returned all-zero features for every image ({int(valid.sum())}): {weights}.")
 
 
+def region_keys(hashes: list, boxes: list | None) -> list:
+    """Each row's key in the feature store: its content hash, with its box where `boxes` gives one."""
+    if boxes is None:
+        return list(hashes)
+    return [region_key(h, box) if h else None for h, box in zip(hashes, boxes)]
+
+
 def hash_files(paths: list[str]) -> tuple[list[str | None], dict[int, str]]:
     hashes, failed = [], {}
     for i, p in enumerate(paths):
@@ -96,20 +103,23 @@ def hash_files(paths: list[str]) -> tuple[list[str | None], dict[int, str]]:
 
 def extract(paths: list[str], backbone: Backbone, preprocess, store: FeatureStore,
             batch_size: int = 8, num_workers: int = 2, progress: bool = True, engine: Engine | None = None,
-            calibration: dict | None = None) -> Features:
+            calibration: dict | None = None, boxes: list | None = None) -> Features:
     """Features for `paths` from the store, embedding (with `engine`, default this process) what it lacks.
-    `calibration` (size, seed): an int8 backbone not yet calibrated draws its sample from `paths`."""
+    `calibration` (size, seed): an int8 backbone not yet calibrated draws its sample from `paths`.
+    `boxes`: per path a box to crop to, or None (`harness.data.catalog.boxes`); the features are then
+    those of the regions, stored under the region's key."""
     if engine is None:
         from harness.engines.local import LocalEngine
 
         engine = LocalEngine(num_workers=num_workers)
     t0 = time.perf_counter()
     stages = Stages()
-    hashes, failed = hash_files(paths)
+    contents, failed = hash_files(paths)
+    hashes = region_keys(contents, boxes)
     stages.lap("hash")  # reading every file once, for its content hash
     if backbone.precision == "int8" and backbone.calibration is None:
-        settings = calibration or {}
-        backbone.calibrate(Calibration.choose(paths, hashes, settings.get("size", 300), settings.get("seed", 0)),
+        settings = calibration or {}  # whole photos, recorded by their content hash, checked when re-read
+        backbone.calibrate(Calibration.choose(paths, contents, settings.get("size", 300), settings.get("seed", 0)),
                            preprocess)
     prepare_seconds = 0.0
     while True:
@@ -147,7 +157,7 @@ def extract(paths: list[str], backbone: Backbone, preprocess, store: FeatureStor
                     mine = store.claim(fingerprint, [hashes[i] for i in rows], owner, lease)
                     return {i for i in rows if hashes[i] in mine}
 
-                job = Job(paths, pending, hashes, backbone, preprocess, batch_size, claim)
+                job = Job(paths, pending, hashes, backbone, preprocess, batch_size, claim, boxes)
                 stages.lap("store")
                 for results in engine.batches(job):
                     stages.lap("batches")  # waiting for decoded batches (or for the cluster), embedding here

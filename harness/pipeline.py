@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from harness.backbones import build_backbone
 from harness.backbones.base import Backbone
 from harness.config import instantiate, validate
+from harness.data.catalog import BOX_COLUMNS, boxes
 from harness.engines.base import Engine, worker_config
 from harness.errors import HarnessError
 from harness.evaluate import check_k, evaluate
@@ -56,13 +57,24 @@ class Pipeline:
     def open_store(self) -> FeatureStore:
         return FeatureStore(self.cfg.store.path, self.cfg.store.dtype)
 
+    def boxes(self, items, source: str = "the catalog") -> list | None:
+        """Per row the box to crop to (`preprocess.crop=bbox`), or None: the whole photos."""
+        if self.preprocess.crop != "bbox":
+            return None
+        found = boxes(items, source)
+        if found is None:
+            raise HarnessError(f"preprocess.crop=bbox crops to each photo's box, but {source} has no "
+                               f"{', '.join(BOX_COLUMNS)} columns (dataset=inshop with Anno/list_bbox_inshop.txt, "
+                               "oml_csv, or a manifest with them); use preprocess.crop=none.")
+        return found
+
     def extract(self, catalog, store: FeatureStore):
-        """The catalog's features (from the store, embedding what it lacks); their content hashes are
-        added to the catalog table."""
+        """The catalog's features (from the store, embedding what it lacks); their store keys (content
+        hashes, with the box where cropped) are added to the catalog table."""
         ex = self.cfg.extract
         feats = extract(catalog.items["path"].tolist(), self.backbone, self.preprocess, store,
                         batch_size=ex.batch_size, progress=ex.progress, engine=self.engine,
-                        calibration=ex.calibration)
+                        calibration=ex.calibration, boxes=self.boxes(catalog.items, catalog.source))
         catalog.items["content_hash"] = feats.hashes
         return feats
 

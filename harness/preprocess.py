@@ -42,11 +42,16 @@ class Preprocess:
     """`size` and `interpolation` default to what the backbone was trained with (build_preprocess).
     `scaled_decode`: JPEGs are decoded at the smallest DCT scale that still gives this preprocessing
     at least `decode_gap` × `size` pixels where it needs them (`decode_scale`), never fewer (a gap of
-    2 is Pillow's own `thumbnail` rule: closer to a full decode, slower)."""
+    2 is Pillow's own `thumbnail` rule: closer to a full decode, slower).
+    `crop`: `bbox` crops each catalog photo to its box first (the catalog's x_1, y_1, x_2, y_2 columns:
+    In-shop's and OML's boxes); a photo without one, such as a shopper's upload, is used whole."""
     name = "base"
+    CROPS = ("none", "bbox")
 
     def __init__(self, size: int = 224, interpolation: str = "bilinear", scaled_decode: bool = True,
-                 decode_gap: float = 1.0):
+                 decode_gap: float = 1.0, crop: str = "none"):
+        if crop not in self.CROPS:
+            raise HarnessError(f"preprocess.crop must be one of {', '.join(self.CROPS)}, got {crop!r}.")
         if interpolation not in RESAMPLING:
             raise HarnessError(f"preprocess.interpolation must be one of {', '.join(RESAMPLING)}, got {interpolation!r}.")
         if isinstance(decode_gap, bool) or not isinstance(decode_gap, (int, float)) or decode_gap < 1:
@@ -54,6 +59,7 @@ class Preprocess:
         self.size, self.interpolation = int(size), interpolation
         self.resample = RESAMPLING[interpolation]
         self.scaled_decode, self.decode_gap = bool(scaled_decode), float(decode_gap)
+        self.crop = crop
 
     def __call__(self, img: Image.Image) -> Image.Image:
         raise NotImplementedError
@@ -71,7 +77,9 @@ class Preprocess:
 
     def fingerprint(self) -> dict:
         out = {"preprocess": self.name,
-               **{k: v for k, v in vars(self).items() if k not in ("resample", "scaled_decode", "decode_gap")}}
+               **{k: v for k, v in vars(self).items() if k not in ("resample", "scaled_decode", "decode_gap", "crop")}}
+        if self.crop != "none":  # every feature stored before crop became a setting was of the whole photo
+            out["crop"] = self.crop
         if out["interpolation"] == "bilinear":
             del out["interpolation"]  # every feature stored before interpolation became a setting was bilinear
         if self.decode_scale is not None:  # large JPEGs decode to other pixels: their features are stored apart
@@ -114,8 +122,8 @@ class CenterCrop(Preprocess):
     name = "center_crop"
 
     def __init__(self, size: int = 224, crop_fraction: float = 0.875, interpolation: str = "bilinear",
-                 scaled_decode: bool = True, decode_gap: float = 1.0):
-        super().__init__(size, interpolation, scaled_decode, decode_gap)
+                 scaled_decode: bool = True, decode_gap: float = 1.0, crop: str = "none"):
+        super().__init__(size, interpolation, scaled_decode, decode_gap, crop)
         self.crop_fraction = crop_fraction
 
     def needs(self, width, height):
@@ -137,8 +145,8 @@ class Roi(Preprocess):
     # The product's box is known only once decoded, and it may be a small part of the photo: decoded in full.
 
     def __init__(self, size: int = 224, tolerance: int = 24, margin: float = 0.02, interpolation: str = "bilinear",
-                 scaled_decode: bool = True, decode_gap: float = 1.0):
-        super().__init__(size, interpolation, scaled_decode, decode_gap)
+                 scaled_decode: bool = True, decode_gap: float = 1.0, crop: str = "none"):
+        super().__init__(size, interpolation, scaled_decode, decode_gap, crop)
         self.tolerance, self.margin = tolerance, margin
 
     def __call__(self, img):

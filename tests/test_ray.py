@@ -50,7 +50,7 @@ def catalog_with_broken(root):
     return catalog
 
 
-def features(cfg, store_path, engine=None):
+def features(cfg, store_path, engine=None, boxes=None):
     from harness.config import instantiate
 
     paths = instantiate(cfg.dataset).load().items["path"].tolist()
@@ -58,7 +58,7 @@ def features(cfg, store_path, engine=None):
     store = FeatureStore(str(store_path))
     try:
         return extract(paths, backbone, build_preprocess(cfg.preprocess, backbone), store,
-                       batch_size=cfg.extract.batch_size, num_workers=0, progress=False, engine=engine)
+                       batch_size=cfg.extract.batch_size, num_workers=0, progress=False, engine=engine, boxes=boxes)
     finally:
         store.close()
 
@@ -80,6 +80,16 @@ def test_two_nodes_embed_what_the_local_engine_does(cluster, tmp_path, cfg_facto
     assert "images_per_second" in remote.metrics()
     # the workers' read/decode/preprocess/embed seconds come back with their batches
     assert set(remote.cpu_seconds) == {"read", "decode", "preprocess", "embed"} and remote.cpu_seconds["embed"] > 0
+    # preprocess.crop=bbox: each row's box travels with it to the workers (every other row has none)
+    boxes = [(2.0, 3.0, 40.0, 50.0) if n % 2 else None for n in range(len(local.valid))]
+    cfg = cfg_factory(*settings, "engine=ray", "preprocess.crop=bbox")
+    local_box = features(cfg, tmp_path / "local_box.sqlite", boxes=boxes)
+    remote_box = features(cfg, tmp_path / "ray_box.sqlite", build(cfg).engine, boxes=boxes)
+    assert np.abs(remote_box.emb - local_box.emb).max() <= 1e-5 * scale
+    rows = np.flatnonzero(local.valid)
+    odd, even = rows[rows % 2 == 1], rows[rows % 2 == 0]
+    assert np.abs(remote_box.emb[even] - local.emb[even]).max() <= 1e-5 * scale    # whole photos: the same
+    assert np.abs(remote_box.emb[odd] - local.emb[odd]).max(axis=1).min() > 1e-3 * scale  # cropped: others
 
 
 def ray_worker_pids() -> list[int]:

@@ -10,6 +10,7 @@ The column contract, checked once when a catalog is made (`Catalog.__post_init__
 | `product_id` | optional: the product a photo shows (several photos, one product); default: the item id |
 | `split`      | optional: `catalog`, `query` or `both` (all-versus-all: a query searching every other image) — a dataset's own split, `protocol=predefined` |
 | `distractor` | optional bool: non-fashion images that join every catalog, never queries  |
+| `x_1, y_1, x_2, y_2` | optional: the product's box in pixels of the full-size photo (all four, or all empty); `preprocess.crop=bbox` crops to it |
 
 Any other column (colour, margin, ...) rides along: the searcher shows it and can re-rank by it.
 """
@@ -25,6 +26,7 @@ from harness.errors import HarnessError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
 SPLITS = ("catalog", "query", "both")
+BOX_COLUMNS = ("x_1", "y_1", "x_2", "y_2")
 
 
 @dataclass
@@ -88,6 +90,7 @@ class Catalog:
                                    f"found {items.loc[bad, 'split'].iloc[0]!r}.")
         if "distractor" in items and items["distractor"].dtype != bool:
             raise HarnessError(f"{src}: column 'distractor' must be true/false.")
+        boxes(items, src)
 
     @property
     def is_distractor(self) -> np.ndarray:
@@ -188,6 +191,29 @@ class FolderOrManifest:
                            distractors.items.assign(item_id="distractor/" + distractors.items["item_id"],
                                                     distractor=True)], ignore_index=True)
         return Catalog(items, catalog.levels, source, catalog.root)
+
+
+def boxes(items: pd.DataFrame, source: str = "catalog") -> list | None:
+    """Each row's box (x_1, y_1, x_2, y_2) as floats, or None for a row without one; None when the
+    table has no box columns. A partial, non-numeric or empty box stops with one line naming its row."""
+    present = [c for c in BOX_COLUMNS if c in items]
+    if not present:
+        return None
+    if len(present) < len(BOX_COLUMNS):
+        raise HarnessError(f"{source}: a box needs all of {', '.join(BOX_COLUMNS)}; "
+                           f"only {', '.join(present)} given.")
+    text = items[list(BOX_COLUMNS)].astype(str).apply(lambda col: col.str.strip()).replace({"nan": "", "None": ""})
+    given = text != ""
+    values = pd.DataFrame({c: pd.to_numeric(text[c].where(given[c]), errors="coerce") for c in BOX_COLUMNS})
+    some, every = given.any(axis=1), given.all(axis=1)
+    bad = (some & ~every) | (every & (values.isna().any(axis=1) | ~np.isfinite(values.fillna(0)).all(axis=1)))
+    bad |= every & ~bad & ((values["x_2"] <= values["x_1"]) | (values["y_2"] <= values["y_1"]))
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise HarnessError(f"{source}: row {row} has the box ({', '.join(text.iloc[row])}); a box is four numbers "
+                           "x_1 < x_2, y_1 < y_2 (pixels), or four empty fields.")
+    return [tuple(float(v) for v in r) if ok else None
+            for r, ok in zip(values.itertuples(index=False), every.to_numpy())]
 
 
 def product_ids(items: pd.DataFrame) -> pd.Series:

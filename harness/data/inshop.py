@@ -3,7 +3,8 @@
 `Eval/list_eval_partition.txt`: a count line, the header `image_name item_id evaluation_status`, then
 one row per photo, status train / query / gallery (train photos are left out). Relevance is the same
 `item_id` (the catalog's `product_id`); levels from the path, img/<gender>/<type>/<item>/<photo>.jpg.
-Boxes (`Anno/list_bbox_inshop.txt`, `x_1 y_1 x_2 y_2`) ride along when the file is there.
+Boxes (`Anno/list_bbox_inshop.txt`, `x_1 y_1 x_2 y_2`) are read when the file is there; `preprocess.crop=bbox`
+crops to them.
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from harness.backbones.base import Backbone
-from harness.data.images import BadImage, content_hash, decode_image, read_bytes
+from harness.data.images import BadImage, Box, content_hash, decode_image, read_bytes, region_key
 
 # Rows are claimed in the store (and, on Ray, shipped per call) eight batches at a time: claims stay
 # close to the work, and Ray's per-call overhead stays small (one batch per call: 0.76x the local engine).
@@ -19,17 +19,18 @@ CLAIM_BATCHES = 8
 DECODE_STAGES = ("read", "decode", "preprocess")
 
 
-def load(path: str, preprocess) -> tuple[torch.Tensor | None, str, str | None, tuple[float, float, float]]:
-    """Read, decode, preprocess one file → (uint8 CHW tensor or None, why not, content hash, seconds of
-    each of DECODE_STAGES). The same robust decoder wherever it runs: a broken file comes back as a
-    reason, never as an exception."""
+def load(path: str, preprocess, box: Box | None = None
+         ) -> tuple[torch.Tensor | None, str, str | None, tuple[float, float, float]]:
+    """Read, decode, [crop to `box`,] preprocess one file → (uint8 CHW tensor or None, why not, the
+    region's key (its content hash without a box), seconds of each of DECODE_STAGES). The same robust
+    decoder wherever it runs: a broken file comes back as a reason, never as an exception."""
     t0 = time.perf_counter()
     t1 = t2 = None
     try:
         data = read_bytes(path)
-        digest = content_hash(data)
+        digest = region_key(content_hash(data), box)
         t1 = time.perf_counter()
-        img = decode_image(data, preprocess.decode_scale)
+        img = decode_image(data, preprocess.decode_scale, box)
         t2 = time.perf_counter()
         arr = np.asarray(preprocess(img), dtype=np.uint8)
         tensor = torch.from_numpy(arr.copy()).permute(2, 0, 1)
@@ -69,8 +70,8 @@ def embed_batch(backbone: Backbone, batch: Decoded) -> list[Result]:
 
 @dataclass
 class Job:
-    """What an engine embeds: `pending` rows of `paths`, through `claim` (which rows this run may embed:
-    another run on the same store may hold some)."""
+    """What an engine embeds: `pending` rows of `paths` (each cropped to its box where `boxes` is given),
+    through `claim` (which rows this run may embed: another run on the same store may hold some)."""
     paths: list[str]
     pending: list[int]
     hashes: list
@@ -78,6 +79,10 @@ class Job:
     preprocess: object
     batch_size: int
     claim: Callable[..., set[int]]
+    boxes: list | None = None
+
+    def box(self, row: int) -> Box | None:
+        return self.boxes[row] if self.boxes is not None else None
 
     @property
     def claim_block(self) -> int:

@@ -12,14 +12,14 @@ from harness.engines.base import Engine, Job, Result, decode_batch, embed_batch,
 class _Decode(Dataset):
     """Decoding processes beside the model."""
 
-    def __init__(self, paths: list[str], preprocess):
-        self.paths, self.preprocess = paths, preprocess
+    def __init__(self, paths: list[str], preprocess, boxes: list | None):
+        self.paths, self.preprocess, self.boxes = paths, preprocess, boxes
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, i):
-        return (i, *load(self.paths[i], self.preprocess))
+        return (i, *load(self.paths[i], self.preprocess, self.boxes[i] if self.boxes is not None else None))
 
 
 class _Claiming(Sampler):
@@ -47,7 +47,7 @@ class LocalEngine(Engine):
         self.num_workers = num_workers
 
     def batches(self, job: Job) -> Iterator[list[Result]]:
-        loader = DataLoader(_Decode(job.paths, job.preprocess), batch_size=job.batch_size,
+        loader = DataLoader(_Decode(job.paths, job.preprocess, job.boxes), batch_size=job.batch_size,
                             num_workers=self.num_workers, collate_fn=decode_batch,
                             sampler=_Claiming(job.pending, job.claim, job.claim_block))
         for batch in loader:

@@ -47,7 +47,9 @@ class EmbedWorker:
         self.node, self.worker = context.get_node_id(), context.get_actor_id()
 
     def __call__(self, batch: dict) -> dict:
-        decoded = decode_batch([(row, *load(str(p), self.preprocess)) for row, p in zip(batch["row"], batch["path"])])
+        boxes = batch.get("box", [None] * len(batch["row"]))  # rows without a box carry NaNs (Arrow: one shape)
+        decoded = decode_batch([(row, *load(str(p), self.preprocess, None if b is None or np.isnan(b[0]) else tuple(b)))
+                                for row, p, b in zip(batch["row"], batch["path"], boxes)])
         t0 = time.perf_counter()
         results = embed_batch(self.backbone, decoded)
         seconds = {**decoded.seconds, "embed": time.perf_counter() - t0}
@@ -124,7 +126,9 @@ class RayEngine(Engine):
             # four calls per worker, so a small job still reaches every worker.
             per_worker = len(rows) // (4 * self.sizes[-1]) // job.batch_size * job.batch_size
             chunk = max(job.batch_size, min(job.claim_block, per_worker))
-            data = ray.data.from_items([{"row": i, "path": os.path.abspath(job.paths[i])} for i in rows],
+            data = ray.data.from_items([{"row": i, "path": os.path.abspath(job.paths[i]),
+                                         **({"box": list(job.box(i) or (float("nan"),) * 4)} if job.boxes else {})}
+                                        for i in rows],
                                        override_num_blocks=max(1, min(len(rows) // chunk, 200)))
             data = data.map_batches(EmbedWorker, batch_size=chunk, batch_format="numpy", compute=pool,
                                     num_cpus=self.num_cpus, num_gpus=self.num_gpus or None,

@@ -14,7 +14,7 @@ from contextlib import closing
 import numpy as np
 
 from harness.errors import HarnessError
-from harness.extract import extract, hash_files
+from harness.extract import extract, hash_files, region_keys
 from harness.index.publish import diff, index_name, served_items
 from harness.index.store import IndexStore
 from harness.index.milvus import MilvusBusy, MilvusIndex, from_reference, reference
@@ -86,6 +86,7 @@ def update(pipe) -> dict:
     catalog = pipe.dataset.load()
     paths = catalog.items["path"].tolist()
     hashes, unreadable = hash_files(paths)
+    hashes = region_keys(hashes, pipe.boxes(catalog.items, catalog.source))  # a moved box is a changed item
     catalog.items["content_hash"] = hashes
     readable = np.array([h is not None for h in hashes]) & ~catalog.is_distractor
     now = served_items(catalog.items[readable])
@@ -98,7 +99,7 @@ def update(pipe) -> dict:
         with closing(pipe.open_store()) as store:
             feats = extract(todo["path"].tolist(), pipe.backbone, pipe.preprocess, store,
                             batch_size=cfg.extract.batch_size, progress=cfg.extract.progress, engine=pipe.engine,
-                            calibration=cfg.extract.calibration)
+                            calibration=cfg.extract.calibration, boxes=pipe.boxes(todo))
         if fingerprint and feats.fingerprint != fingerprint:
             raise HarnessError(f"the extractor's features changed since version {current} of {index.dir} "
                                f"(fingerprint {feats.fingerprint}, the index's {fingerprint}: another library "
