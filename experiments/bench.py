@@ -487,6 +487,57 @@ def bench_decode(args) -> list[dict]:
     return rows
 
 
+def bench_segment(args) -> list[dict]:
+    """Finding the product in clutter: preprocess=resize, roi, segment (GrabCut) and detect (torchvision
+    Mask R-CNN) on the composite queries (`experiments/composite_queries.py`) against the studio catalog,
+    with the real efficientnet_lite0 weights: same-product Recall@1/5, category and subcategory P@5, and
+    the preprocessing's CPU milliseconds per image; the true box (`preprocess.crop=bbox` on the queries)
+    as the ceiling. Then the studio catalog alone, segment vs roi (holdout and 5-fold P@5), and the colour
+    correlation of the segment run's neighbours over whole photos, ROI crops and GrabCut's regions."""
+    from harness.run import run
+
+    variants = {"resize": ["preprocess=resize"], "roi": ["preprocess=roi"], "segment": ["preprocess=segment"],
+                f"detect ({args.detect_weights} weights)": ["preprocess=detect", f"preprocess.weights={args.detect_weights}",
+                                                           f"preprocess.min_size={args.detect_min_size}"],
+                "true box (resize, crop=bbox)": ["preprocess=resize", "preprocess.crop=bbox"]}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        common = ("dataset=products", f"dataset.root={args.catalog}", "extract.progress=false", "tracker=none",
+                  f"paths.root={tmp}")
+        for label, settings in variants.items():
+            if label.startswith("detect") and args.skip_detect:
+                continue
+            metrics = run(compose_config(*common, "protocol=queries", f"protocol.root={args.queries}",
+                                         "evaluator=product", *settings))
+            n = metrics.get("images_extracted") or 1
+            row = {"composite": label, "queries": int(metrics["n_queries"]),
+                   **{k: round(metrics[k], 4) for k in ("product_recall_at_1", "product_recall_at_5",
+                                                       "category_precision_at_5", "subcategory_precision_at_5")},
+                   "preprocess_ms_per_image": round(1000 * metrics.get("cpu_seconds/preprocess", 0) / n, 1),
+                   "decode_ms_per_image": round(1000 * metrics.get("cpu_seconds/decode", 0) / n, 1),
+                   "images_per_second": round(metrics.get("images_per_second", 0), 1), "images": int(n)}
+            rows.append(row)
+            print(row, flush=True)
+        for label in ("roi", "segment"):
+            row = {"studio": label}
+            for protocol in ("holdout", "kfold"):
+                metrics = run(compose_config(*common, f"protocol={protocol}", f"preprocess={label}",
+                                             *(["protocol.folds=5"] if protocol == "kfold" else [])))
+                for level in ("category", "subcategory"):
+                    key = f"{level}_precision_at_5" + ("_mean" if protocol == "kfold" else "")
+                    row[f"{protocol}_{level}_p5"] = round(metrics[key], 4)
+            rows.append(row)
+            print(row, flush=True)
+        metrics = run(compose_config(*common, "preprocess=segment", "evaluator=color_texture", "evaluator.region=all"))
+        row = {"colour": "segment run's top 5, holdout",
+               **{k: round(metrics[k], 4) for k in ("color_correlation_mean", "color_correlation_roi_mean",
+                                                   "color_correlation_segment_mean", "texture_chi2_mean",
+                                                   "texture_chi2_roi_mean", "texture_chi2_segment_mean")}}
+        rows.append(row)
+        print(row, flush=True)
+    return rows
+
+
 def bench_int8(args) -> list[dict]:
     """int8 (NNCF, calibrated on extract.calibration's catalog sample) against OpenVINO fp32 and bf16,
     through the harness (decode included), interleaved rounds in one process; `--max-isa AVX2` runs the
@@ -861,6 +912,13 @@ def main(argv=None):
     mv.add_argument("--ef", type=int, default=64)
     mv.add_argument("--nprobe", type=int, default=16)
     mv.add_argument("--tmp", default=None, help="where the index and Milvus Lite's files go")
+    sg = sub.add_parser("segment", help="resize / roi / GrabCut / detector on composite queries; segment vs roi on the studio")
+    sg.add_argument("--catalog", type=Path, default=DEFAULT_CATALOG)
+    sg.add_argument("--queries", type=Path, default=Path("/tmp/fashion-composite"),
+                    help="a set made by experiments/composite_queries.py")
+    sg.add_argument("--detect-weights", default="coco", help="coco, or random where they cannot be read")
+    sg.add_argument("--detect-min-size", type=int, default=320)
+    sg.add_argument("--skip-detect", action="store_true")
     i8 = sub.add_parser("int8", help="OpenVINO int8 (NNCF) vs fp32 and bf16 through the harness")
     i8.add_argument("--catalog", type=Path, default=DEFAULT_CATALOG)
     i8.add_argument("--backbones", nargs="+", default=["efficientnet_lite0", "resnet50"])
@@ -876,7 +934,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     sections = {"extract": bench_extract, "search": bench_search, "ann": bench_ann, "grid": bench_grid,
                 "serve": bench_serve, "peak": bench_peak, "scale": bench_scale, "decode": bench_decode,
-                "int8": bench_int8, "index": bench_index,
+                "int8": bench_int8, "segment": bench_segment, "index": bench_index,
                 "milvus": bench_milvus, "dedup": bench_dedup}
     rows = sections[args.section](args)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -117,6 +117,7 @@ def build(cfg: DictConfig) -> Pipeline:
                            "(use an OpenCLIP one, e.g. backbone=clip_vit_b32).")
     preprocess, projection = build_preprocess(cfg.preprocess, backbone), build_projection(cfg)
     backbone.check_weights()
+    preprocess.check()
     FeatureStore.check(cfg.store.path)
     index = instantiate(cfg.search.index)
     check_index(index, metric)

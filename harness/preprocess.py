@@ -68,6 +68,9 @@ class Preprocess:
         """The factor of a width x height image this preprocessing needs to keep all its detail."""
         return 1.0
 
+    def check(self) -> None:
+        """What can be checked before any image is read (a model's weights); pipeline.build calls it."""
+
     @property
     def decode_scale(self):
         """What the decoder may shrink to (`harness.data.images.decode_image`), or None: decode in full."""
@@ -77,7 +80,8 @@ class Preprocess:
 
     def fingerprint(self) -> dict:
         out = {"preprocess": self.name,
-               **{k: v for k, v in vars(self).items() if k not in ("resample", "scaled_decode", "decode_gap", "crop")}}
+               **{k: v for k, v in vars(self).items()
+                  if k not in ("resample", "scaled_decode", "decode_gap", "crop") and not k.startswith("_")}}
         if self.crop != "none":  # every feature stored before crop became a setting was of the whole photo
             out["crop"] = self.crop
         if out["interpolation"] == "bilinear":

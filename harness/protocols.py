@@ -86,19 +86,51 @@ class Predefined(Protocol):
 
 
 class Queries(Protocol):
-    """A separate query set (`protocol.root`), laid out like the catalog, as the study's test folder."""
+    """A separate query set (`protocol.root`), laid out like the catalog, as the study's test folder.
 
-    def __init__(self, root: str | None = None):
-        self.root = root
+    A query whose `product_id` names a catalog photo's product (its `item_id` where the catalog has no
+    `product_id`) is scored by same-product Recall@k (`evaluator=product`). `labels`: a CSV `level,
+    query_label, catalog_label` for a query set whose label vocabulary differs from the catalog's (a
+    consumer set's "sneakers" for the shop's "Sports Shoes"); a level it names is mapped, a label it
+    does not name is kept."""
+
+    def __init__(self, root: str | None = None, labels: str | None = None):
+        self.root, self.labels = root, labels
 
     def _split(self, catalog):
         if not self.root:
             raise HarnessError("protocol=queries needs protocol.root=DIR holding the query images.")
         queries = FolderOrManifest(self.root, catalog.levels).load()
+        if self.labels:
+            queries = Catalog(map_labels(queries.items, self.labels, catalog.levels), catalog.levels,
+                              queries.source, queries.root)
         items = pd.concat([catalog.items.assign(split="catalog"),
                            queries.items.assign(split="query", item_id="query/" + queries.items["item_id"])],
                           ignore_index=True)
         return Predefined()._split(Catalog(items, catalog.levels, catalog.source, catalog.root))
+
+
+def map_labels(items: pd.DataFrame, path: str, levels: list[str]) -> pd.DataFrame:
+    """`items` with each level's labels mapped by the CSV at `path` (level, query_label, catalog_label)."""
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise HarnessError(f"protocol.labels={path} is not a readable CSV file ({str(exc).splitlines()[0]}).") from None
+    columns = ["level", "query_label", "catalog_label"]
+    if list(table.columns[:3]) != columns:
+        raise HarnessError(f"protocol.labels={path} must have the columns {', '.join(columns)}; "
+                           f"it has {', '.join(map(str, table.columns))}.")
+    unknown = sorted(set(table["level"]) - set(levels))
+    if unknown:
+        raise HarnessError(f"protocol.labels={path} maps level {unknown[0]!r}, not one of dataset.levels ({', '.join(levels)}).")
+    twice = table[table.duplicated(["level", "query_label"], keep=False)]
+    if len(twice):
+        raise HarnessError(f"protocol.labels={path} maps {twice['level'].iloc[0]} {twice['query_label'].iloc[0]!r} "
+                           "more than once.")
+    items = items.copy()
+    for level, rows in table.groupby("level"):
+        items[level] = items[level].replace(dict(zip(rows["query_label"], rows["catalog_label"])))
+    return items
 
 
 class KFold(Protocol):

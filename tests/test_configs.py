@@ -45,6 +45,8 @@ def test_option_composes_and_instantiates(cfg_factory, catalog_dir, group, optio
         overrides += [f"dataset.root={catalog_dir}"]
     if (group, option) == ("protocol", "queries"):
         overrides.append(f"protocol.root={catalog_dir}")
+    if (group, option) == ("preprocess", "detect"):
+        overrides.append("preprocess.weights=random")  # the detector's COCO weights: offline here
     if (group, option) == ("layer", "fc1"):
         overrides.append("backbone=vgg16")  # fc1 is a VGG layer
     if (group, option) == ("evaluator", "text"):

@@ -76,6 +76,9 @@ def test_boxes_are_checked_once_with_the_row_named():
     table = base.assign(x_1=["1", "", "2"], y_1=["2", "", "3"], x_2=["10", "", "9"], y_2=["12", "", "8"])
     assert boxes(Catalog.from_table(table, ["category"], "m.csv").items) == [(1, 2, 10, 12), None, (2, 3, 9, 8)]
     assert boxes(base) is None
+    joined = pd.concat([base.iloc[:1], table.iloc[2:]], ignore_index=True)  # a table without boxes joined: NaN
+    assert boxes(joined) == [None, (2, 3, 9, 8)]
+    assert boxes(joined.astype({"x_1": float})) == [None, (2, 3, 9, 8)]
     for change, message in [({"x_2": ["10", "", "1"]}, "row 2 has the box"),
                             ({"y_1": ["2", "5", "3"]}, "row 1 has the box"),
                             ({"x_1": ["a", "", "2"]}, "row 0 has the box")]:

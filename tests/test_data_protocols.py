@@ -144,3 +144,30 @@ def test_dataset_digests_follow_the_manifest_and_the_image_contents(tmp_path):
     assert digests(items.assign(content_hash=["h1", "h2", "h9"]))[1] == before[1]   # (not a query's)
     manifest.write_text("path,category\na.jpg,x\nb.jpg,y\nc.jpg,y\n")        # a label file edited
     assert digests(items)[0] != before[0]
+
+
+def test_a_query_set_s_labels_are_mapped_to_the_catalog_s_vocabulary(cfg_factory, catalog_dir, tmp_path):
+    """protocol.labels: a consumer set that says 'round' for the shop's 'circle' is scored in the shop's words."""
+    base = ["dataset=products", f"dataset.root={catalog_dir}", "protocol=queries"]
+    catalog = instantiate(cfg_factory(*base, "protocol.root=x").dataset).load()
+    qdir = tmp_path / "queries"
+    (qdir / "images").mkdir(parents=True)
+    rows = catalog.items.iloc[[0, 7]]
+    for p in rows["path"]:
+        (qdir / "images" / p.split("/")[-1]).write_bytes(open(p, "rb").read())
+    pd.DataFrame({"path": ["images/" + p.split("/")[-1] for p in rows["path"]],
+                  "category": ["round", "round"], "subcategory": ["round-red", "circle-red"]}).to_csv(qdir / "manifest.csv", index=False)
+    mapping = tmp_path / "labels.csv"
+    mapping.write_text("level,query_label,catalog_label\ncategory,round,circle\nsubcategory,round-red,circle-red\n")
+    extended, [fold] = instantiate(cfg_factory(*base, f"protocol.root={qdir}", f"protocol.labels={mapping}").protocol).split(catalog)
+    queries = extended.items.iloc[fold.query_idx]
+    assert queries["category"].tolist() == ["circle", "circle"]
+    assert queries["subcategory"].tolist() == ["circle-red", "circle-red"]   # mapped, and kept where unnamed
+    assert extended.items.iloc[fold.ref_idx]["category"].equals(catalog.items["category"])  # the catalog untouched
+    for text, message in [("level,label,to\n", "must have the columns level, query_label, catalog_label"),
+                          ("level,query_label,catalog_label\ncolour,red,rot\n", "maps level 'colour', not one of"),
+                          ("level,query_label,catalog_label\ncategory,round,circle\ncategory,round,square\n",
+                           "maps category 'round' more than once")]:
+        mapping.write_text(text)
+        with pytest.raises(HarnessError, match=message):
+            instantiate(cfg_factory(*base, f"protocol.root={qdir}", f"protocol.labels={mapping}").protocol).split(catalog)

@@ -202,7 +202,9 @@ def boxes(items: pd.DataFrame, source: str = "catalog") -> list | None:
     if len(present) < len(BOX_COLUMNS):
         raise HarnessError(f"{source}: a box needs all of {', '.join(BOX_COLUMNS)}; "
                            f"only {', '.join(present)} given.")
-    text = items[list(BOX_COLUMNS)].astype(str).apply(lambda col: col.str.strip()).replace({"nan": "", "None": ""})
+    raw = items[list(BOX_COLUMNS)]
+    # missing (a row of a table joined to one without boxes) is empty, whatever the column's dtype
+    text = raw.astype(object).where(raw.notna(), "").astype(str).apply(lambda col: col.str.strip())
     given = text != ""
     values = pd.DataFrame({c: pd.to_numeric(text[c].where(given[c]), errors="coerce") for c in BOX_COLUMNS})
     some, every = given.any(axis=1), given.all(axis=1)
