@@ -20,6 +20,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home: wor
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
 from fastapi import HTTPException  # noqa: E402
 from fastapi.responses import FileResponse  # noqa: E402
 from fastapi.routing import APIRoute  # noqa: E402
@@ -28,7 +29,7 @@ from harness.tracking.models import load_served  # noqa: E402
 from harness.config import compose_config  # noqa: E402
 from harness.data.images import BadImage  # noqa: E402
 from harness.serving.filters import MAX_FILTER_CHARS, parse_filters  # noqa: E402
-from harness.serving.searcher import MAX_UPLOAD_BYTES, SearchOptions, Searcher  # noqa: E402
+from harness.serving.searcher import MAX_UPLOAD_BYTES, SearchOptions, Searcher, decode_upload  # noqa: E402
 
 HINT = "Upload, paste or take a photo, pick a catalog example, or describe the product in words."
 
@@ -84,12 +85,14 @@ def page_filters(level: str, categories, column: str | None, low, high, extra: s
 
 def run_search(searcher: Searcher, image, k: int, same_category: bool, rerank_column: str | None,
                rerank_weight: float, history: list, base: str = "", text: str | None = None,
-               uploaded: Collection[str] = (), filters=None, text_weight=0.5, collapse=False):
+               uploaded: Collection[str] = (), filters=None, text_weight=0.5, collapse=False, items=False,
+               point=None):
     """The page's search, by photo, by words, or by both (the words weighted by `text_weight`, negative:
     away from them): (gallery of (image URL, caption), status text, updated per-user history).
     `image`: a Path (in-process) or an upload's FileData, whose path must be among `uploaded` (the files
     Gradio received as uploads); `filters`: which items may be answers (harness.serving.filters);
-    `collapse`: one answer per near-duplicate group."""
+    `collapse`: one answer per near-duplicate group; `items`: one list per product the photo shows,
+    the photo with their numbered boxes first; `point` (x, y): only the item there (a click)."""
     try:
         # Bounds before any file or model is touched: a raw API call can send any k (10^9, 0, "5").
         if not (text is None or isinstance(text, str)):
@@ -116,21 +119,28 @@ def run_search(searcher: Searcher, image, k: int, same_category: bool, rerank_co
         except BadImage as exc:
             return [], f"**Cannot search by these words:** {exc}", history
         described = f" for “{words}”"
+    elif query is None:
+        return [], HINT, history
+    elif items or point is not None:
+        try:
+            tables = searcher.search_items(query, point=point, **options)
+        except BadImage as exc:
+            return [], f"**Cannot search this photo's items:** {str(exc).strip(chr(39))}.", history
+        boxes = [t["item_box"].iloc[0] for t in tables if len(t)]
+        gallery = [(draw_items(decode_upload(query), boxes), f"{len(boxes)} item(s) found: click one on the photo")]
+        for n, table in enumerate(tables):
+            gallery += answers(searcher, table, base, rerank_column, f"item {n + 1} · " if point is None else "")
+        status = (f"The item at ({point[0]:g}, {point[1]:g}): top {len(tables[0])} products." if point is not None
+                  else f"{len(tables)} item(s) in the photo, top {options['k']} products each.")
+        history = (history + [tables[0]["item_id"].iloc[0]])[-10:] if tables and len(tables[0]) else history
+        return gallery, status + f" Your last top-1 results: {', '.join(history)}", history
     else:
-        if query is None:
-            return [], HINT, history
         try:
             table = searcher.search([query], **options)[0]
         except BadImage as exc:
             return [], f"**Cannot use this file:** {str(exc).strip(chr(39))}.", history
         described = ""
-    levels = searcher.settings.levels
-    gallery = []
-    for row in table.itertuples():
-        caption = " / ".join(str(getattr(row, lv)) for lv in levels) + f" · sim {row.similarity:.3f}"
-        if rerank_column:
-            caption += f" · {rerank_column} {row.business_score:g}"
-        gallery.append((image_url(base, row.item_id), f"#{row.rank} {row.item_id}: {caption}"))
+    gallery = answers(searcher, table, base, rerank_column)
     status = f"Top {len(table)} products{described}."
     if options["filters"]:
         status += f" Filters: `{options['filters']}`."
@@ -140,6 +150,28 @@ def run_search(searcher: Searcher, image, k: int, same_category: bool, rerank_co
         status += f" Predicted category: **{table['predicted_category'].iloc[0]}**."
     history = (history + [table["item_id"].iloc[0]])[-10:]
     return gallery, status + f" Your last top-1 results: {', '.join(history)}", history
+
+
+def answers(searcher: Searcher, table, base: str, rerank_column: str | None, prefix: str = "") -> list:
+    """One answer table as the gallery's (image URL, caption) entries."""
+    out = []
+    for row in table.itertuples():
+        caption = " / ".join(str(getattr(row, lv)) for lv in searcher.settings.levels) + f" · sim {row.similarity:.3f}"
+        if rerank_column:
+            caption += f" · {rerank_column} {row.business_score:g}"
+        out.append((image_url(base, row.item_id), f"{prefix}#{row.rank} {row.item_id}: {caption}"))
+    return out
+
+
+def draw_items(img: Image.Image, boxes: list) -> Image.Image:
+    """The query photo with each item's box drawn and numbered (1 = the first answer list)."""
+    img = img.copy()
+    draw = ImageDraw.Draw(img)
+    width = max(2, round(max(img.size) / 200))
+    for n, (left, top, right, bottom) in enumerate(boxes, start=1):
+        draw.rectangle((left, top, right - 1, bottom - 1), outline=(255, 0, 128), width=width)
+        draw.text((left + width + 2, top + width + 2), str(n), fill=(255, 0, 128))
+    return img
 
 
 def model_card(info: dict, searcher: Searcher) -> str:
@@ -165,8 +197,8 @@ def build_demo(searcher: Searcher, info: dict, examples: int = 12, seed: int = 0
         except BadImage as exc:
             return None, f"**Cannot search:** {exc}."
 
-    def search(image, text, k, same_category, rerank_column, rerank_weight, categories, column, low, high, extra,
-               text_weight, collapse, history, request: gr.Request):
+    def find(image, text, k, same_category, rerank_column, rerank_weight, categories, column, low, high, extra,
+             text_weight, collapse, items, history, base: str, point=None):
         filters, problem = filters_of(categories, column, low, high, extra)
         if problem:
             return [], problem, history
@@ -174,14 +206,28 @@ def build_demo(searcher: Searcher, info: dict, examples: int = 12, seed: int = 0
             weight = float(text_weight)
         except (TypeError, ValueError):
             return [], f"**Cannot search:** the weight of the words must be a number, got {text_weight!r}.", history
-        return run_search(searcher, image, k, same_category, rerank_column, rerank_weight, history,
-                          str(request.base_url), text, demo.upload_file_set, filters, weight, collapse)
+        if not isinstance(items, bool):
+            return [], f"**Cannot search:** every item must be true or false, got {items!r}.", history
+        return run_search(searcher, image, k, same_category, rerank_column, rerank_weight, history, base, text,
+                          demo.upload_file_set, filters, weight, collapse, items, point)
+
+    def search(image, text, k, same_category, rerank_column, rerank_weight, categories, column, low, high, extra,
+               text_weight, collapse, items, history, request: gr.Request):
+        return find(image, text, k, same_category, rerank_column, rerank_weight, categories, column, low, high,
+                    extra, text_weight, collapse, items, history, str(request.base_url))
+
+    def click(image, text, k, same_category, rerank_column, rerank_weight, categories, column, low, high, extra,
+              text_weight, collapse, items, history, evt: gr.SelectData, request: gr.Request):
+        """A click on the query photo: the item there (the smallest box holding the point) is searched."""
+        x, y = evt.index
+        return find(image, "", k, same_category, rerank_column, rerank_weight, categories, column, low, high,
+                    extra, text_weight, collapse, items, history, str(request.base_url), (float(x), float(y)))
 
     def show_examples(request: gr.Request):
         return [(image_url(str(request.base_url), i), i) for i in example_ids]
 
     def pick(k, same_category, rerank_column, rerank_weight, categories, column, low, high, extra, text_weight,
-             collapse, history, evt: gr.SelectData, request: gr.Request):
+             collapse, items, history, evt: gr.SelectData, request: gr.Request):
         """A catalog example is searched by its id: the page never sends a file name to the server."""
         filters, problem = filters_of(categories, column, low, high, extra)
         if problem:
@@ -212,6 +258,8 @@ def build_demo(searcher: Searcher, info: dict, examples: int = 12, seed: int = 0
                 same_category = gr.Checkbox(label="Only the predicted category (per-category index)")
                 collapse = gr.Checkbox(label="One of each near-duplicate group", visible=searcher.duplicates is not None,
                                        elem_id="collapse")
+                # Shop the look: each product found in the photo searched on its own (or click one on the photo)
+                items = gr.Checkbox(label="Every item in the photo (or click one)", elem_id="items")
                 with gr.Accordion("Business re-ranking", open=False):
                     rerank_column = gr.Dropdown([""] + business, value="", label="Business column")
                     rerank_weight = gr.Slider(0, 1, value=0.0, step=0.05, label="Weight of the business score")
@@ -232,13 +280,14 @@ def build_demo(searcher: Searcher, info: dict, examples: int = 12, seed: int = 0
                 status = gr.Markdown(elem_id="status")
                 results = gr.Gallery(label="Most similar products", columns=5, height=520, elem_id="results")
         settings = [k, same_category, rerank_column, rerank_weight, categories, column, low, high, extra, text_weight,
-                    collapse, history]
+                    collapse, items, history]
         outputs = [results, status, history]
         # Uploads reach `search` unprocessed: an undecodable file gets the page's own message, not
         # Gradio's (which names the server's temporary path).
         button.click(search, [query, text, *settings], outputs, api_name="search", preprocess=False)
         query.upload(search, [query, text, *settings], outputs, api_visibility="private", preprocess=False)
         text.submit(search, [query, text, *settings], outputs, api_visibility="private", preprocess=False)
+        query.select(click, [query, text, *settings], outputs, api_visibility="private", preprocess=False)
         examples_gallery.select(pick, settings, [query, *outputs], api_visibility="private")
         demo.load(show_examples, None, examples_gallery, api_visibility="private")
     return demo

@@ -86,14 +86,27 @@ class Detected(Segment):
         tensor = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float().div_(255)
         return self.network([tensor])[0]
 
-    def mask(self, img: Image.Image) -> np.ndarray:
-        found = self.detections(img)
+    def kept(self, found: dict) -> list[int]:
+        """The detections of the classes named at `score` or above, likeliest first."""
         keep = found["scores"] >= self.score
         if self.classes is not None:
             keep &= torch.isin(found["labels"], torch.tensor(self.classes))
-        if not keep.any():
+        rows = torch.nonzero(keep).flatten()
+        return rows[found["scores"][rows].argsort(descending=True)].tolist()
+
+    def items(self, img):
+        """Every detection kept (torchvision has already merged overlapping ones), or GrabCut's regions."""
+        found = self.detections(img)
+        boxes = [tuple(int(round(float(v))) for v in found["boxes"][n]) for n in self.kept(found)]
+        boxes = [(max(l, 0), max(t, 0), min(r, img.width), min(b, img.height)) for l, t, r, b in boxes]
+        return [b for b in boxes if b[2] > b[0] and b[3] > b[1]] or super().items(img)
+
+    def mask(self, img: Image.Image) -> np.ndarray:
+        found = self.detections(img)
+        kept = self.kept(found)
+        if not kept:
             return super().mask(img)  # nothing detected: GrabCut's mask
-        best = int(torch.nonzero(keep)[found["scores"][keep].argmax()])
+        best = kept[0]
         if "masks" in found:
             mask = (found["masks"][best, 0] > 0.5).numpy()
             if mask.any():

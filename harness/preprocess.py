@@ -71,6 +71,11 @@ class Preprocess:
     def check(self) -> None:
         """What can be checked before any image is read (a model's weights); pipeline.build calls it."""
 
+    def items(self, img: Image.Image) -> list[tuple[int, int, int, int]]:
+        """The boxes (left, top, right, bottom) of the products a photo shows, largest or likeliest first:
+        each is searched on its own (`Searcher.search_items`). Here: the whole photo, one product."""
+        return [(0, 0, img.width, img.height)]
+
     @property
     def decode_scale(self):
         """What the decoder may shrink to (`harness.data.images.decode_image`), or None: decode in full."""

@@ -21,6 +21,9 @@ from harness.errors import HarnessError
 from harness.preprocess import Preprocess, border_colour, foreground_box, pad_to_square
 
 
+MIN_ITEM = 0.02  # a product is at least this share of the photo's pixels: smaller specks are not items
+
+
 def mask_box(mask: np.ndarray, margin: float = 0.0) -> tuple[int, int, int, int] | None:
     """(left, top, right, bottom) of a boolean mask's pixels, widened by `margin` of its longer side."""
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
@@ -98,6 +101,15 @@ class Segment(Preprocess):
         arr[~mask] = background
         box = mask_box(mask, self.margin) or (0, 0, img.width, img.height)
         return Image.fromarray(arr).crop(box)
+
+    def items(self, img):
+        """Each connected region of the mask covering at least MIN_ITEM of the photo, largest first."""
+        mask = self.mask(img)
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+        order = sorted(range(1, count), key=lambda n: -stats[n, cv2.CC_STAT_AREA])
+        boxes = [mask_box(labels == n, self.margin) for n in order
+                 if stats[n, cv2.CC_STAT_AREA] >= MIN_ITEM * mask.size]
+        return boxes or [(0, 0, img.width, img.height)]
 
     def __call__(self, img):
         product = self.cut(img, self.mask(img))

@@ -153,6 +153,10 @@ def test_filters_on_the_page_and_through_gradio_client(page):
     _, status = client.predict(handle_file(path), "", 5, False, "", 0.0, [], "", "", "", '{"size": "M"}',
                                api_name="/search")
     assert status.startswith("**Cannot search:** filter on 'size': not a catalog column")
+    # every item (the API's last argument): a resize model's photo is one item, drawn first
+    gallery, status = client.predict(handle_file(path), "", 3, False, "", 0.0, [], "", "", "", "", 0.5, False, True,
+                                     api_name="/search")
+    assert gallery[0]["caption"].startswith("1 item(s) found") and len(gallery) == 4 and "1 item(s) in the photo" in status
 
 
 def test_public_api_is_search_only_and_a_bad_upload_gets_the_page_message(page, tmp_path):

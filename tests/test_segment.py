@@ -190,3 +190,77 @@ def test_the_detector_yaml_builds_with_random_weights_and_says_so_offline(cfg_fa
     with pytest.raises(HarnessError, match=r"COCO weights could not be read \(OSError: network unreachable\); put") as err:
         build(cfg_factory("preprocess=detect", "backbone.weights=random"))
     assert "\n" not in str(err.value)
+
+
+def two_products():
+    """A white photo with a red disc on the left and a blue square on the right: two items."""
+    img = Image.new("RGB", (320, 200), (255, 255, 255))
+    d = ImageDraw.Draw(img)
+    d.ellipse((20, 50, 110, 140), fill=(220, 30, 30))
+    d.rectangle((200, 40, 290, 130), fill=(40, 60, 220))
+    return img
+
+
+def test_a_photo_with_two_products_gets_two_answer_lists(tmp_path, catalog_dir, cfg_factory):
+    import base64
+    import io
+
+    from harness.extract import extract
+    from harness.preprocess import build_preprocess
+    from harness.serving.mlflow_model import VisualSearchModel
+    from harness.serving.searcher import BadQuery, Searcher, Settings
+    from harness.store import FeatureStore
+    from harness.backbones import build_backbone
+
+    cfg = cfg_factory("dataset=products", f"dataset.root={catalog_dir}", "preprocess=segment",
+                      "backbone.weights=random", "backbone.input_size=64", "runtime=torch")
+    backbone = build_backbone(cfg)
+    items = pd.read_csv(catalog_dir / "manifest.csv")
+    items["path"] = [str(catalog_dir / p) for p in items["path"]]
+    feats = extract(items["path"].tolist(), backbone, build_preprocess(cfg.preprocess, backbone),
+                    FeatureStore(str(tmp_path / "f.sqlite")), num_workers=0, progress=False)
+    searcher = Searcher(Settings.from_cfg(cfg, str(catalog_dir), {"run_id": "t"}), items, feats.emb)
+    photo = two_products()
+    square, disc = searcher.preprocess.items(photo)                  # the larger first, 2 % (6 px) around each
+    for found, true in ((square, (200, 40, 291, 131)), (disc, (20, 50, 111, 141))):
+        assert all(abs(a - b) <= 8 for a, b in zip(found, true))
+        assert found[0] <= true[0] and found[1] <= true[1] and found[2] >= true[2] and found[3] >= true[3]
+    first, second = searcher.search_items(photo, k=3)
+    assert first["item"].tolist() == [0] * 3 and first["item_box"].iloc[0] == list(square)
+    assert second["item_box"].iloc[0] == list(disc) and len(second) == 3
+    # each list is the search of its own crop
+    [expected] = searcher.search([photo.crop(square)], k=3)
+    assert first["item_id"].tolist() == expected["item_id"].tolist()
+    [other] = searcher.search([photo.crop(disc)], k=3)
+    [clicked] = searcher.search_items(photo, k=3, point=(60, 95))                    # the shopper clicks the disc
+    assert clicked["item_id"].tolist() == other["item_id"].tolist() and clicked["item_box"].iloc[0] == list(disc)
+    with pytest.raises(BadQuery, match=r"no item found at \(160, 10\) of the 320 x 200 photo; 2 item\(s\)"):
+        searcher.search_items(photo, point=(160, 10))
+    # through the served model: params items / point, one row per (item, rank)
+    model = VisualSearchModel()
+    model.searcher = searcher
+    buf = io.BytesIO()
+    photo.save(buf, "PNG")
+    frame = pd.DataFrame({"image": [base64.b64encode(buf.getvalue()).decode()]})
+    out = model.predict(None, frame, {"k": 3, "items": True})
+    assert out["item"].tolist() == [0, 0, 0, 1, 1, 1] and out["query"].tolist() == [0, 0, 0, 1, 1, 1]
+    assert model.predict(None, frame, {"k": 3, "point": "60,95"})["item_id"].tolist() == other["item_id"].tolist()
+    assert "item" not in model.predict(None, frame, {"k": 3})                       # one list for the whole photo
+    from mlflow.exceptions import MlflowException
+    for params, message in [({"point": "250"}, "point must be 'x,y'"), ({"items": "yes"}, "items must be true or false")]:
+        with pytest.raises((BadQuery, MlflowException), match=message):
+            model.predict(None, frame, params)
+    # the page: the photo with its numbered boxes first, then each item's answers; a click searches one
+    import demo
+
+    path = tmp_path / "two.png"
+    photo.save(path)
+    gallery, status, _ = demo.run_search(searcher, path, 3, False, "", 0.0, [], "http://shop/", items=True)
+    drawn, caption = gallery[0]
+    assert caption.startswith("2 item(s) found") and isinstance(drawn, Image.Image) and "2 item(s) in the photo" in status
+    assert np.asarray(drawn)[square[1] + 1, (square[0] + square[2]) // 2].tolist() == [255, 0, 128]  # the box drawn
+    assert [c.split(" · ")[0] for _, c in gallery[1:]] == ["item 1"] * 3 + ["item 2"] * 3
+    gallery, status, _ = demo.run_search(searcher, path, 3, False, "", 0.0, [], "http://shop/", point=(60, 95))
+    assert status.startswith("The item at (60, 95): top 3") and [c for _, c in gallery[1:]][0].startswith("#1 ")
+    gallery, status, _ = demo.run_search(searcher, path, 3, False, "", 0.0, [], "http://shop/", point=(160, 10))
+    assert gallery == [] and "no item found at (160, 10)" in status

@@ -3,9 +3,10 @@
 Input: a DataFrame with an `image` column of base64 JPEG/PNG strings (never file names), a `text` column
 (words, for a backbone with a text tower) and/or a `terms` column (a JSON list of weighted photos and
 words, harness.serving.products): each row is one query. Params: k, within_category, rerank_column,
-rerank_weight, filters (a JSON object: harness.serving.filters), collapse_duplicates. Output: one row
-per (query, rank) with item_id, labels, image (path relative to the catalog root), distance and
-similarity: k distinct products.
+rerank_weight, filters (a JSON object: harness.serving.filters), collapse_duplicates, items (one answer
+list per product the photo shows), point ("x,y": only the item there). Output: one row per (query,
+rank) with item_id, labels, image (path relative to the catalog root), distance and similarity: k
+distinct products; with items or point, also `item` and `item_box` (its box in the photo's pixels).
 """
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ class VisualSearchModel(PythonModel):
         tables = []
         try:
             # Bounds first: a request for 10^9 answers or 10^6 rows is refused before anything is decoded.
-            options = SearchOptions.parse(self.searcher, params).kwargs()
+            parsed = SearchOptions.parse(self.searcher, params)
+            options = parsed.kwargs()
             self.searcher.check_rows(len(frame))
             terms = [parse_terms(t, self.searcher.settings.max_rows) if present(t) else None
                      for t in (frame["terms"] if "terms" in frame else [None] * len(frame))]
@@ -45,6 +47,8 @@ class VisualSearchModel(PythonModel):
                     tables.append(self.searcher.search_terms(terms[row], **options))
                 elif isinstance(text, str) and text.strip():
                     tables += self.searcher.search_text([text], **options)
+                elif present(image) and (parsed.items or parsed.clicked):
+                    tables += self.searcher.search_items(image, point=parsed.clicked, **options)
                 elif present(image):
                     tables += self.searcher.search([image], **options)
                 else:

@@ -103,6 +103,8 @@ class SearchOptions:
     rerank_weight: float = 0.0
     filters: str = ""  # a JSON object (harness.serving.filters), e.g. {"category": "Footwear"}
     collapse_duplicates: bool = False  # one answer per near-duplicate group (the model's dedup groups)
+    items: bool = False  # shop the look: one answer list per product the photo shows (Searcher.search_items)
+    point: str = ""      # "x,y": only the item at that pixel of the photo (where the shopper clicked)
 
     @classmethod
     def parse(cls, searcher, params: dict | None = None) -> "SearchOptions":
@@ -124,7 +126,29 @@ class SearchOptions:
         collapse = False if collapse is None else collapse
         if not isinstance(collapse, (bool, np.bool_)):
             raise BadQuery(f"collapse_duplicates must be true or false, got {collapse!r}")
-        return cls(k, bool(params.get("within_category", False)), column, weight, filters, bool(collapse))
+        items = params.get("items")
+        items = False if items is None else items
+        if not isinstance(items, (bool, np.bool_)):
+            raise BadQuery(f"items must be true or false, got {items!r}")
+        point = params.get("point") or ""
+        options = cls(k, bool(params.get("within_category", False)), column, weight, filters, bool(collapse),
+                      bool(items), point)
+        options.clicked  # a malformed point is refused with the other bounds
+        return options
+
+    @property
+    def clicked(self) -> tuple[float, float] | None:
+        """`point` as (x, y) pixels, or None."""
+        if not self.point:
+            return None
+        parts = str(self.point).split(",") if isinstance(self.point, str) else []
+        try:
+            x, y = (float(v) for v in parts)
+        except ValueError:
+            x = y = float("nan")
+        if not (np.isfinite(x) and np.isfinite(y) and x >= 0 and y >= 0):
+            raise BadQuery(f"point must be 'x,y' (two pixel coordinates >= 0), got {str(self.point)[:40]!r}")
+        return x, y
 
     def kwargs(self) -> dict:
         return {"k": self.k, "within_category": self.within_category, "rerank_column": self.rerank_column or None,

@@ -389,6 +389,30 @@ class Searcher:
         return self._rank(self._embed_uploads(images), "the query photo", k, within_category,
                           rerank_column, rerank_weight, allowed, served, collapse_duplicates)
 
+    def search_items(self, image, k: int | None = None, within_category: bool = False,
+                     rerank_column: str | None = None, rerank_weight: float = 0.0, filters=None,
+                     collapse_duplicates: bool = False, point: tuple[float, float] | None = None) -> list[pd.DataFrame]:
+        """Shop the look: one table per product the photo shows (the preprocessing's `items`: GrabCut's
+        regions with `segment`, the detections with `detect`, else the whole photo), each with `item` (0,
+        1, ... largest or likeliest first) and `item_box` [left, top, right, bottom] in the upload's pixels;
+        `point` (x, y), where a shopper clicked: only the smallest item there. At most serving.max_rows
+        items are searched."""
+        served = self.current()
+        k = self.check_k(k)
+        allowed = self._where(served, filters)
+        img = decode_upload(image)  # in full: the boxes are the upload's own pixels
+        boxes = self.preprocess.items(img)[: int(self.settings.max_rows)]
+        if point is not None:
+            x, y = point
+            inside = [b for b in boxes if b[0] <= x < b[2] and b[1] <= y < b[3]]
+            if not inside:
+                raise BadQuery(f"no item found at ({x:g}, {y:g}) of the {img.width} x {img.height} photo; "
+                               f"{len(boxes)} item(s) at {', '.join(str(list(b)) for b in boxes)}")
+            boxes = [min(inside, key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))]
+        tables = self._rank(self.embed([img.crop(b) for b in boxes]), "the query photo", k, within_category,
+                            rerank_column, rerank_weight, allowed, served, collapse_duplicates)
+        return [t.assign(item=n, item_box=[list(box)] * len(t)) for n, (box, t) in enumerate(zip(boxes, tables))]
+
     def search_text(self, texts: list[str], k: int | None = None, within_category: bool = False,
                     rerank_column: str | None = None, rerank_weight: float = 0.0, filters=None,
                     collapse_duplicates: bool = False) -> list[pd.DataFrame]:
