@@ -497,8 +497,9 @@ def bench_segment(args) -> list[dict]:
     from harness.run import run
 
     variants = {"resize": ["preprocess=resize"], "roi": ["preprocess=roi"], "segment": ["preprocess=segment"],
-                f"detect ({args.detect_weights} weights)": ["preprocess=detect", f"preprocess.weights={args.detect_weights}",
-                                                           f"preprocess.min_size={args.detect_min_size}"],
+                f"detect {args.detect_arch} ({args.detect_weights} weights)": [
+                    "preprocess=detect", f"preprocess.arch={args.detect_arch}", f"preprocess.weights={args.detect_weights}",
+                    f"preprocess.min_size={args.detect_min_size}"],
                 "true box (resize, crop=bbox)": ["preprocess=resize", "preprocess.crop=bbox"]}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -518,6 +519,24 @@ def bench_segment(args) -> list[dict]:
                    "images_per_second": round(metrics.get("images_per_second", 0), 1), "images": int(n)}
             rows.append(row)
             print(row, flush=True)
+        # The YAML's default detector, timed alone on a few query photos (the whole catalog through it
+        # would take hours on two cores): seconds per photo, one thread, as in a decoding process.
+        from harness.detect import Detected
+
+        torch.set_num_threads(1)
+        photos = sorted((args.queries / "images").glob("*.jpg"))[:10]
+        for arch in (args.detect_arch, "maskrcnn_resnet50_fpn_v2"):
+            detector = Detected(arch=arch, weights=args.detect_weights, min_size=args.detect_min_size)
+            images = [decode_image(p.read_bytes()) for p in photos]
+            detector.mask(images[0])
+            t0 = time.perf_counter()
+            for img in images:
+                detector.mask(img)
+            row = {"detector alone": f"{arch} ({args.detect_weights} weights)", "photos": len(images),
+                   "seconds_per_photo_one_thread": round((time.perf_counter() - t0) / len(images), 3)}
+            rows.append(row)
+            print(row, flush=True)
+        torch.set_num_threads(os.cpu_count() or 1)
         for label in ("roi", "segment"):
             row = {"studio": label}
             for protocol in ("holdout", "kfold"):
@@ -917,6 +936,8 @@ def main(argv=None):
     sg.add_argument("--queries", type=Path, default=Path("/tmp/fashion-composite"),
                     help="a set made by experiments/composite_queries.py")
     sg.add_argument("--detect-weights", default="coco", help="coco, or random where they cannot be read")
+    sg.add_argument("--detect-arch", default="fasterrcnn_mobilenet_v3_large_320_fpn",
+                    help="the detector run over the whole catalog (Mask R-CNN is timed on a few photos)")
     sg.add_argument("--detect-min-size", type=int, default=320)
     sg.add_argument("--skip-detect", action="store_true")
     i8 = sub.add_parser("int8", help="OpenVINO int8 (NNCF) vs fp32 and bf16 through the harness")
