@@ -65,7 +65,7 @@ def raw_call(url: str, data: list) -> tuple[str, object]:
     import json
     import urllib.request
 
-    data = data + [[], "", "", "", "", 0.5, False][max(0, len(data) - 6):]  # no filters, words weighted 0.5, no collapse
+    data = data + [[], "", "", "", "", 0.5, False, False][max(0, len(data) - 6):]  # no filters, words 0.5, no collapse, one item
     request = urllib.request.Request(url + "gradio_api/call/search", json.dumps({"data": data}).encode(),
                                      {"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=30) as response:
