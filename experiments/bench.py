@@ -12,6 +12,8 @@
     python experiments/bench.py index              # the served index over 1M x 1280: build, 1 % update, queries
     python experiments/bench.py milvus             # index.backend=milvus on Milvus Lite: FLAT, HNSW, IVF_FLAT vs exact
     python experiments/bench.py dedup              # near-duplicates over 1M x 1280 with planted pairs
+    python experiments/bench.py frozen             # experiment=frozen_best and its steps, products 5-fold
+    python experiments/bench.py finetune           # train=metric per fold vs LDA, products 5-fold
 
 Every number is measured in the same process, on this machine, in the run that prints it. Every
 component comes from the project's config through `harness.pipeline.build`, as a run builds it.
@@ -394,7 +396,6 @@ def products_searcher(catalog: Path, *overrides: str):
     as a run serves it."""
     from harness.protocols import restrict
     from harness.serving.package import served_parts
-    from harness.serving.searcher import Searcher
 
     pipe = pipeline("dataset=products", f"dataset.root={catalog}", "extract.progress=false", *overrides)
     catalog = pipe.dataset.load()
@@ -403,8 +404,9 @@ def products_searcher(catalog: Path, *overrides: str):
     feats = pipe.extract(catalog, store)
     store.close()
     served, _ = restrict(catalog, [], feats.valid)
-    return Searcher(*served_parts(pipe.cfg, served, feats.emb[feats.valid], run={"run_id": "bench"},
-                                  calibration=pipe.backbone.calibration)), items
+    return served_parts(pipe.cfg, served, feats.emb[feats.valid], run={"run_id": "bench"},
+                        calibration=pipe.backbone.calibration, projection=pipe.projection, metric=pipe.metric,
+                        augment=pipe.augment).searcher(), items
 
 
 def bench_serve(args) -> list[dict]:
@@ -618,6 +620,105 @@ def bench_int8(args) -> list[dict]:
                   for p in precisions if p != "fp32"}}
         rows.append(row)
         print(row, flush=True)
+    return rows
+
+
+# Each row: experiment=frozen_best with some of its steps turned off (the preset is row c). A single
+# EfficientNet-Lite0 needs no PCA in front of LDA (1280-d features for 2,356 catalog rows per fold).
+LITE0 = ["backbone=efficientnet_lite0", "projection.pca_dim=null"]
+PLAIN = ["augment=none", "query_expansion=none"]
+FROZEN_ROWS = {
+    "a: off the shelf (lite0, GAP)": [*LITE0, "projection=none", *PLAIN],
+    "b: LDA (shrinkage cv)": [*LITE0, "projection.shrinkage=cv", *PLAIN],
+    "LDA 0.1": [*LITE0, *PLAIN],
+    "LDA 0.1 + class-mean augmentation": [*LITE0, "query_expansion=none"],
+    "LDA 0.1 + query expansion": [*LITE0, "augment=none"],
+    "GeM + LDA 0.1": [*LITE0, "layer.pooling=gem", *PLAIN],
+    "GeM + flip + LDA 0.1": [*LITE0, "layer.pooling=gem", "tta=flip", *PLAIN],
+    "lite0@300 GeM + LDA 0.1": [*LITE0, "backbone.input_size=300", "layer.pooling=gem", *PLAIN],
+    "fused + PCA 1280 + LDA 0.1": PLAIN,
+    "c: experiment=frozen_best": [],
+}
+
+
+# train=metric, a short schedule a 2-core CPU runs in minutes per fold (README "Fine-tuning"): the last
+# 4 blocks and the head of EfficientNet-Lite0, 1 epoch of `steps` batches, Multi-Similarity loss.
+FINETUNE = [*LITE0, "train=metric", "train.trainable_blocks=4", "train.epochs=1", "train.batch_size=32"]
+FINETUNE_ROWS = {
+    "b: LDA 0.1": [*LITE0, *PLAIN],
+    "d: fine-tuned": [*FINETUNE, "projection=none", *PLAIN],
+    "e: fine-tuned + LDA 0.1 + class-mean + query expansion": FINETUNE,
+}
+
+
+def bench_frozen(args) -> list[dict]:
+    """experiment=frozen_best and its steps, products 5-fold, real weights: P@5 per level (mean ± std over
+    the folds), the paired article-type gain over LDA (shrinkage cv) per fold, and each row's cost: the
+    catalog's feature stage (measured when those features were first extracted; later rows with the same
+    extractor read them from the store) and the folds' fitting and searching."""
+    return score_rows(args, FROZEN_ROWS, "b: LDA (shrinkage cv)")
+
+
+def bench_finetune(args) -> list[dict]:
+    """train=metric per fold (its catalog rows only) against LDA on the same run's features, products
+    5-fold, real lite0 weights; each row's training seconds (all folds) beside its scores."""
+    return score_rows(args, {name: [*o, f"train.steps_per_epoch={args.steps}"] if "train=metric" in o else o
+                             for name, o in FINETUNE_ROWS.items()}, "b: LDA 0.1")
+
+
+def score_rows(args, table: dict, baseline: str) -> list[dict]:
+    from harness.protocols import restrict
+    from harness.tracking.base import NullJob
+    from harness.train.folds import train_folds
+
+    levels, rows, per_fold, extracted = ("category", "subcategory", "article_type"), [], {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, overrides in table.items():
+            if args.rows and not any(r in name for r in args.rows):
+                continue
+            pipe = pipeline("experiment=frozen_best", f"dataset.root={args.catalog}", *overrides,
+                            "extract.progress=false", f"paths.root={tmp}", f"paths.openvino={ROOT / '.cache' / 'openvino'}")
+            catalog, folds = pipe.data()
+            store = pipe.open_store()
+            feats = pipe.extract(catalog, store)
+            store.close()
+            key = feats.fingerprint
+            extracted.setdefault(key, {"seconds": feats.seconds, "compile": feats.compile_seconds,
+                                       "images_per_s": feats.metrics().get("images_per_second")})
+            catalog, folds = restrict(catalog, folds, feats.valid)
+            training, train_seconds = None, 0.0
+            if pipe.trainer is not None:  # each fold's network trained, then the catalog embedded by it
+                t0 = time.perf_counter()
+                store = pipe.open_store()
+                training = train_folds(pipe, catalog, folds, store, NullJob())
+                store.close()
+                train_seconds = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            result = pipe.evaluate(training.emb if training else feats.emb[feats.valid], catalog, folds)
+            seconds = time.perf_counter() - t0
+            per_fold[name] = [m["article_type_precision_at_5"] for m in result.per_fold]
+            row = {"row": name, "run_name": pipe.run_name, "dim": int(feats.emb.shape[1]),
+                   **{f"{lv}_p5": round(result.metrics[f"{lv}_precision_at_5_mean"], 4) for lv in levels},
+                   **{f"{lv}_p5_std": round(result.metrics[f"{lv}_precision_at_5_std"], 4) for lv in levels},
+                   "feature_stage_seconds": round(extracted[key]["seconds"], 1),
+                   "network_prepare_seconds": round(extracted[key]["compile"], 1),
+                   "images_per_s": extracted[key]["images_per_s"] and round(extracted[key]["images_per_s"], 1),
+                   "fit_and_search_seconds": round(seconds, 1),
+                   "projection_fit_seconds": round(result.metrics.get("projection_fit_seconds", 0.0), 1)}
+            if training is not None:
+                row.update(train_and_embed_seconds=round(train_seconds, 1),
+                           train_seconds=round(training.metrics["train_seconds"], 1),
+                           train_images_per_fold=int(np.mean([len(r.trained_ids) for r in training.results])),
+                           holdout_p5_per_epoch=[[round(h["holdout_precision_at_k"], 4) for h in r.history]
+                                                 for r in training.results],
+                           best_epochs=[r.best_epoch for r in training.results])
+            base = per_fold.get(baseline)
+            if base is not None:
+                gain = 100 * (np.array(per_fold[name]) - np.array(base))
+                row["article_type_gain_over_lda_points"] = round(float(gain.mean()), 2)
+                row["article_type_gain_std_points"] = round(float(gain.std(ddof=1)), 2)
+            rows.append(row)
+            print(row, flush=True)
     return rows
 
 
@@ -948,6 +1049,13 @@ def main(argv=None):
     i8.add_argument("--rounds", type=int, default=3)
     i8.add_argument("--max-isa", help="e.g. AVX2: run in a child process with oneDNN limited to that ISA")
     i8.add_argument("--quality", action="store_true", help="also products 5-fold P@5 and top-5 agreement")
+    fz = sub.add_parser("frozen", help="experiment=frozen_best and its steps, products 5-fold, real weights")
+    fz.add_argument("--catalog", type=Path, default=DEFAULT_CATALOG)
+    fz.add_argument("--rows", nargs="*", help="only the rows whose name contains one of these")
+    ft = sub.add_parser("finetune", help="train=metric per fold vs LDA, products 5-fold, real lite0 weights")
+    ft.add_argument("--catalog", type=Path, default=DEFAULT_CATALOG)
+    ft.add_argument("--rows", nargs="*", help="only the rows whose name contains one of these")
+    ft.add_argument("--steps", type=int, default=40, help="batches per epoch (train.steps_per_epoch)")
     for p in sub.choices.values():
         p.add_argument("--k", type=int, default=5)
         p.add_argument("--out", type=Path, default=ROOT / "experiments" / "bench")
@@ -956,7 +1064,8 @@ def main(argv=None):
     sections = {"extract": bench_extract, "search": bench_search, "ann": bench_ann, "grid": bench_grid,
                 "serve": bench_serve, "peak": bench_peak, "scale": bench_scale, "decode": bench_decode,
                 "int8": bench_int8, "segment": bench_segment, "index": bench_index,
-                "milvus": bench_milvus, "dedup": bench_dedup}
+                "milvus": bench_milvus, "dedup": bench_dedup, "frozen": bench_frozen,
+                "finetune": bench_finetune}
     rows = sections[args.section](args)
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"section": args.section, "machine": machine(), "date": time.strftime("%Y-%m-%d"), "rows": rows}

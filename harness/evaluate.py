@@ -67,15 +67,19 @@ def check_k(k, folds: list[Fold]) -> int:
 
 
 def evaluate(emb, catalog: Catalog, folds: list[Fold], metric: Distance, evaluators, k: int, *,
-             index=None, within: str | None = None, projection=None, store=None, encode_text=None,
-             **index_params) -> Evaluation:
+             index=None, within: str | None = None, projection=None, augment=None, expansion=None,
+             store=None, encode_text=None, **index_params) -> Evaluation:
     """Search each fold's queries among its references and score the rankings.
 
-    emb: (N, D) one vector per catalog row. folds: from a protocol's `split`. evaluators: a list or a
+    emb: (N, D) one vector per catalog row, or a list of them, one per fold (a backbone fine-tuned on
+    each fold's catalog rows embeds the whole catalog for that fold). folds: from a protocol's `split`. evaluators: a list or a
     {name: Evaluator} mapping. within: a label column; each query then searches only the catalog items
     that share its label there (the study's per-category index). projection: a
     `harness.projections.Projection`, fitted on each fold's reference rows (distractors left out) and
-    applied to its queries and references before the search. store: an optional per-image cache for
+    applied to its queries and references before the search. augment: a `harness.augment` augmentation,
+    fitted the same way and applied to the fold's catalog rows (after the projection), never to its
+    queries. expansion: a `harness.search.expansion` query expansion, each query searched again with
+    its nearest catalog vectors. store: an optional per-image cache for
     costly descriptors (colour/texture). encode_text: texts → (T, D) in emb's space, for evaluators that
     search by words (a backbone's `embed_text`). index (an Index class or partial, default exact),
     index_params: see `harness.search`.
@@ -83,23 +87,32 @@ def evaluate(emb, catalog: Catalog, folds: list[Fold], metric: Distance, evaluat
     Vectors the metric is undefined for (all-zero for cosine, constant for correlation) are left out as
     queries and as catalog items; they are listed in `excluded` and counted in `excluded_images`.
     """
-    emb = as_matrix(emb, "emb")
-    if len(emb) != len(catalog):
-        raise HarnessError(f"emb has {len(emb)} rows for a catalog of {len(catalog)} images.")
     if not folds:
         raise HarnessError("evaluate needs at least one fold (a protocol's split).")
+    per_fold_emb = None
+    if isinstance(emb, (list, tuple)):
+        if len(emb) != len(folds):
+            raise HarnessError(f"emb is a list of {len(emb)} arrays for {len(folds)} folds (one per fold).")
+        per_fold_emb = [as_matrix(e, f"emb[{i}]") for i, e in enumerate(emb)]
+        emb = per_fold_emb[0]
+    emb = as_matrix(emb, "emb")
+    for e in per_fold_emb or [emb]:
+        if len(e) != len(catalog):
+            raise HarnessError(f"emb has {len(e)} rows for a catalog of {len(catalog)} images.")
     # all-versus-all: a query's own row is among the references but never an answer
     k = check_k(k, [Fold(f.query_idx, f.ref_idx[~metric.degenerate(emb[f.ref_idx])][int(f.self_match):]) for f in folds])
-    if projection is not None and any(f.self_match for f in folds):
-        raise HarnessError("a projection cannot be fitted with an all-versus-all protocol: its catalog is its "
-                           "queries, so it would learn their labels (use projection=none).")
+    if any(f.self_match for f in folds):
+        for part, none in ((projection, "projection=none"), (augment, "augment=none")):
+            if part is not None:
+                raise HarnessError(f"{none.split('=')[0]} cannot be fitted with an all-versus-all protocol: its "
+                                   f"catalog is its queries, so it would learn their labels (use {none}).")
     evaluators = list(evaluators.values()) if isinstance(evaluators, Mapping) else list(evaluators)
     if not all(isinstance(ev, Evaluator) for ev in evaluators):
         raise HarnessError("evaluators must be Evaluator instances.")
     if within is not None and within not in catalog.items:
         raise HarnessError(f"within={within!r} is not a catalog column.")
 
-    degenerate = metric.degenerate(emb)
+    degenerate = np.any([metric.degenerate(e) for e in per_fold_emb or [emb]], axis=0)
     excluded = [(int(r), f"feature vector {metric.undefined_for}: the {metric!r} distance is undefined")
                 for r in np.flatnonzero(degenerate)]
     if excluded:
@@ -113,6 +126,11 @@ def evaluate(emb, catalog: Catalog, folds: list[Fold], metric: Distance, evaluat
         if level not in catalog.items:
             raise HarnessError(f"projection.level={level!r} is not a catalog column.")
         fit_labels = catalog.items[level].to_numpy(dtype=object)
+    if augment is not None:
+        aug_level = augment.level or (projection.level if projection is not None else None) or catalog.levels[-1]
+        if aug_level not in catalog.items:
+            raise HarnessError(f"augment.level={aug_level!r} is not a catalog column.")
+        aug_labels = catalog.items[aug_level].to_numpy(dtype=object)
     fitted = []
     prompts = list(dict.fromkeys(q for ev in evaluators for q in ev.text_queries(catalog.items, catalog.levels)))
     if prompts:
@@ -123,18 +141,28 @@ def evaluate(emb, catalog: Catalog, folds: list[Fold], metric: Distance, evaluat
 
     t0 = time.perf_counter()
     searched = []  # per fold: (query rows, reference rows, ranked rows, ranked distances, query among refs)
-    for fold in folds:
+    for number, fold in enumerate(folds):
         queries, refs = fold.query_idx[keep[fold.query_idx]], fold.ref_idx[keep[fold.ref_idx]]
-        space = emb
+        space = emb = per_fold_emb[number] if per_fold_emb is not None else emb
         if projection is not None:  # learnt from this fold's catalog alone: never a query, never a distractor
             fit_rows = refs[~catalog.is_distractor[refs]]
             fitted.append(projection.fit(emb[fit_rows], fit_labels[fit_rows], metric, k))
             space = fitted[-1].transform(emb)
+        ref_space, query_space = space[refs], space[queries]
+        if augment is not None:  # the fold's catalog products moved toward their labels' means; distractors kept
+            products = ~catalog.is_distractor[refs]
+            ref_space = ref_space.copy()
+            ref_space[products] = augment.fit(ref_space[products], aug_labels[refs][products]).apply(
+                ref_space[products], aug_labels[refs][products])
         # One search per fold, as deep as any evaluator reads (the whole ranking for the ranking metrics).
         # (all-versus-all: one deeper, the query's own row then dropped from its ranking)
         depth = len(refs) if None in depths else min(len(refs), max([k, *depths]) + int(fold.self_match))
-        grouped = GroupedIndex(space[refs], metric, None if groups is None else groups[refs], index, **index_params)
-        dist, pos = grouped.search(space[queries], depth, None if groups is None else groups[queries])
+        grouped = GroupedIndex(ref_space, metric, None if groups is None else groups[refs], index, **index_params)
+        query_groups = None if groups is None else groups[queries]
+        if expansion is not None:
+            query_space = expansion.expand(query_space, ref_space, first_neighbours(
+                grouped, query_space, query_groups, expansion.n, refs, queries if fold.self_match else None))
+        dist, pos = grouped.search(query_space, depth, query_groups)
         rows = np.where(pos >= 0, refs[np.maximum(pos, 0)], -1)
         own = np.isin(queries, refs) if fold.self_match else np.zeros(len(queries), dtype=bool)
         if fold.self_match:
@@ -180,6 +208,16 @@ def evaluate(emb, catalog: Catalog, folds: list[Fold], metric: Distance, evaluat
         metrics["projection_fit_seconds"] = sum(f.info["fit_seconds"] for f in fitted)
     return Evaluation(metrics, artifacts, per_fold, pooled.query_rows, pooled.indices.copy(),
                       pooled.distances.copy(), excluded, fitted)
+
+
+def first_neighbours(grouped: GroupedIndex, query_emb, query_groups, n: int, refs, own=None) -> np.ndarray:
+    """Each query's n nearest catalog positions (-1 where fewer), for query expansion; `own`: the query
+    rows of an all-versus-all search, whose own row is never among them."""
+    _, pos = grouped.search(query_emb, min(len(refs), n + int(own is not None)), query_groups)
+    if own is not None:
+        pos = np.where(refs[np.maximum(pos, 0)] == own[:, None], -1, pos)
+        pos = np.take_along_axis(pos, np.argsort(pos < 0, axis=1, kind="stable"), axis=1)
+    return pos[:, :n]
 
 
 def without_self(rows: np.ndarray, dist: np.ndarray, queries: np.ndarray):

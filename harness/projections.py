@@ -112,7 +112,7 @@ class LDAProjection(Projection):
     """
     name = "lda"
 
-    def __init__(self, dim: int | None = None, level: str | None = None, shrinkage="cv",
+    def __init__(self, dim: int | None = None, level: str | None = None, shrinkage=0.1,
                  grid=(0.01, 0.03, 0.1, 0.3, "auto"), inner_folds: int = 3, pca_dim: int | None = None,
                  seed: int = 0):
         super().__init__(dim, level)

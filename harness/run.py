@@ -11,7 +11,8 @@ from harness.card import card_markdown, card_summary, result_card
 from harness.data.lineage import dataset_records
 from harness.pipeline import build
 from harness.protocols import restrict
-from harness.serving.package import log_served_model
+from harness.serving.package import log_served_model, served_rows
+from harness.train.folds import train_folds, train_rows
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +26,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
         try:
             feats = pipe.extract(catalog, store)
             catalog, folds = restrict(catalog, folds, feats.valid)
-            result = pipe.evaluate(feats.emb[feats.valid], catalog, folds, store)
-            metrics = {**result.metrics, **feats.metrics()}
+            emb = feats.emb[feats.valid]
+            training = train_folds(pipe, catalog, folds, store, job) if pipe.trainer is not None else None
+            result = pipe.evaluate(training.emb if training else emb, catalog, folds, store)
+            metrics = {**result.metrics, **feats.metrics(), **(training.metrics if training else {})}
             job.log_folds(result.per_fold)
             job.log_metrics(metrics)
             records = dataset_records(catalog, folds, type(pipe.protocol).__name__, type(pipe.dataset).__name__)
@@ -40,7 +43,14 @@ def run(cfg: DictConfig) -> dict[str, float]:
                                **({"int8_calibration.csv": pd.DataFrame(calibration.items, columns=["path", "content_hash"])}
                                   if calibration is not None else {})})
             if cfg.serving.log_model and job.tracked:
-                log_served_model(job, pipe, catalog, feats.emb[feats.valid], result, metrics, feats.fingerprint)
+                served_emb, fingerprint, weights = emb, feats.fingerprint, None
+                if training:  # the served network: fine-tuned once more, on the whole served catalog
+                    final = train_rows(pipe, catalog, served_rows(catalog, result))
+                    served = pipe.extract_with(final.weights, catalog, store)
+                    served_emb, fingerprint, weights = served.emb, served.fingerprint, final.weights
+                    job.log_metrics({"train_served_seconds": final.seconds, "train_served_best_epoch": final.best_epoch})
+                    job.log_weights(final.weights)
+                log_served_model(job, pipe, catalog, served_emb, result, metrics, fingerprint, weights)
             ids = catalog.items["item_id"].to_numpy()
             store.put_neighbours(job.run_id, ids[result.query_rows],
                                  np.where(result.indices >= 0, ids[np.maximum(result.indices, 0)], ""), result.distances)

@@ -24,7 +24,7 @@ OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONFIG_DIR
 
 def test_every_group_is_covered():
     assert {"backbone", "dataset", "evaluator", "experiment", "layer", "metric", "preprocess", "projection",
-            "protocol", "search", "engine", "runtime", "tracker"} <= set(GROUPS)
+            "protocol", "search", "engine", "runtime", "tracker", "tta", "augment", "query_expansion"} <= set(GROUPS)
 
 
 def build_everything(cfg, catalog_dir=None):
@@ -47,6 +47,8 @@ def test_option_composes_and_instantiates(cfg_factory, catalog_dir, group, optio
         overrides.append(f"protocol.root={catalog_dir}")
     if (group, option) == ("preprocess", "detect"):
         overrides.append("preprocess.weights=random")  # the detector's COCO weights: offline here
+    if (group, option) == ("experiment", "frozen_best"):
+        overrides.append("dataset.levels=[category,subcategory]")  # the synthetic catalog has no article_type
     if (group, option) == ("layer", "fc1"):
         overrides.append("backbone=vgg16")  # fc1 is a VGG layer
     if (group, option) == ("evaluator", "text"):

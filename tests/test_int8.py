@@ -62,8 +62,8 @@ def test_the_served_int8_model_quantizes_the_same_network_from_its_record(int8_c
     from harness.serving.searcher import Searcher
 
     pipe, catalog, feats = features(int8_cfg("backbone.precision=int8"), FeatureStore(str(tmp_path / "f.sqlite")))
-    settings, items, emb, _ = served_parts(pipe.cfg, catalog, feats.emb, run={"run_id": "t"},
-                                           calibration=pipe.backbone.calibration)
+    parts = served_parts(pipe.cfg, catalog, feats.emb, run={"run_id": "t"}, calibration=pipe.backbone.calibration)
+    settings, items, emb = parts.settings, parts.items, parts.features
     assert Calibration.from_record(settings.calibration) == pipe.backbone.calibration
     # On a machine without the cached network: quantized again from the recorded files
     settings.runtime = {**settings.runtime, "cache_dir": str(tmp_path / "serving-ov")}

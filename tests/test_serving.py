@@ -19,6 +19,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
+from harness.errors import HarnessError
 from harness.tracking.models import model_info
 
 pytestmark = pytest.mark.slow
@@ -240,8 +241,9 @@ def test_sizes_are_checked_before_reading_or_decoding(tmp_path, monkeypatch):
 
 
 def test_served_lda_projection_answers_as_the_evaluation_searches(tmp_path):
-    """projection=lda: the REST answer for a catalog photo is the top-5 that evaluate() finds for that
-    item with the projection fitted once on the whole served catalog. (A fixed shrinkage: with the
+    """projection=lda with augment=class_mean and query_expansion=alpha: the REST answer for a catalog
+    photo is the top-5 that evaluate() finds for that item with the projection and the augmentation
+    fitted once on the whole served catalog, the photo's vector expanded. (A fixed shrinkage: with the
     cross-validated one, 72 synthetic images in 1280 dimensions collapse each label to a point, and
     the order inside it is float32 noise.)"""
     from harness import ROOT
@@ -253,12 +255,13 @@ def test_served_lda_projection_answers_as_the_evaluation_searches(tmp_path):
     from harness.extract import extract
     from harness.preprocess import build_preprocess
     from harness.protocols import Fold
-    from harness.pipeline import build_projection
+    from harness.pipeline import build_optional
     from harness.store import FeatureStore
     from tests.conftest import SHARED, make_catalog
 
     catalog_dir = make_catalog(tmp_path / "catalog", per_class=8)
     overrides = ["dataset=products", f"dataset.root={catalog_dir}", "projection=lda", "projection.shrinkage=0.5", "backbone.precision=fp32",
+                 "augment=class_mean", "augment.beta=0.5", "query_expansion=alpha",
                  f"paths.root={tmp_path}", "extract.progress=false", "extract.num_workers=0", *SHARED]
     subprocess.run([sys.executable, "-m", "harness", *overrides], cwd=ROOT, check=True, capture_output=True, timeout=600)
     cfg = compose_config(*overrides)
@@ -270,15 +273,27 @@ def test_served_lda_projection_answers_as_the_evaluation_searches(tmp_path):
     with rest_api(tmp_path) as post:
         for i in items:
             expected = evaluate(feats.emb, catalog, [Fold(np.array([i]), everything)], instantiate(cfg.metric),
-                                [PrecisionAtK()], 5, projection=build_projection(cfg))
+                                [PrecisionAtK()], 5, projection=build_optional(cfg, "projection"),
+                                augment=build_optional(cfg, "augment"), expansion=build_optional(cfg, "query_expansion"))
             status, body = post([{"image": b64(catalog.items["path"].iloc[i])}])
             assert status == 200
             served = [row["item_id"] for row in body["predictions"]]
             assert served == catalog.items["item_id"].to_numpy()[expected.indices[0]].tolist()
-            assert served[0] == catalog.items["item_id"].iloc[i]
+            # (the photo's own item need not come first: every item moved toward its label's mean)
+            assert served[0].rsplit("-", 1)[0] == catalog.items["item_id"].iloc[i].rsplit("-", 1)[0]
             np.testing.assert_allclose([row["distance"] for row in body["predictions"]], expected.distances[0], atol=1e-6)
     model_dir = next((tmp_path / "mlruns" / "artifacts").rglob("searcher"))
     assert (model_dir / "projection.npz").exists() and not list(model_dir.rglob("*.pkl"))
+    from harness.serving.searcher import Searcher
+    settings = json.loads((model_dir / "settings.json").read_text())
+    assert settings["augment"]["level"] == "subcategory" and settings["query_expansion"]["n"] == 5
+    assert Searcher.read_augmentation(model_dir, settings["augment"]).beta == 0.5
+    with np.load(model_dir / "augmentation.npz") as arrays:
+        altered = dict(arrays)
+    altered["means"] = altered["means"] + 1
+    np.savez(model_dir / "augmentation.npz", **altered)
+    with pytest.raises(HarnessError, match="does not match the digest the model recorded"):
+        Searcher.read_augmentation(model_dir, settings["augment"])
 
 
 def test_search_by_words_through_the_model_and_the_rest_api(served_clip, served):

@@ -1,10 +1,11 @@
 from harness.backbones.base import Backbone
 from harness.backbones.efficientnet_lite import EfficientNetLite
+from harness.backbones.fused import Fused
 from harness.backbones.open_clip import OpenCLIPBackbone
 from harness.backbones.timm import TimmBackbone
 from harness.backbones.torchvision import TorchvisionBackbone
 
-__all__ = ["Backbone", "EfficientNetLite", "OpenCLIPBackbone", "TimmBackbone", "TorchvisionBackbone", "build_backbone"]
+__all__ = ["Backbone", "EfficientNetLite", "Fused", "OpenCLIPBackbone", "TimmBackbone", "TorchvisionBackbone", "build_backbone"]
 
 
 def build_backbone(cfg, **overrides) -> Backbone:

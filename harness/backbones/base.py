@@ -77,6 +77,7 @@ def pool(x: torch.Tensor, how: str, prefix_tokens: int = 0, gem_p: float = 3.0) 
 
 
 POOLINGS = ("gap", "max", "gem", "cls", "mean")
+TTAS = ("none", "flip")  # test-time augmentation: none, or the mean with the mirror image's features
 
 
 class Backbone:
@@ -87,12 +88,16 @@ class Backbone:
     can_embed_text = False
     hub_weights = False          # published weights come from a model hub (downloaded on first use)
     prefix_tokens = 0            # class/register tokens before the patch tokens (token outputs)
+    can_train = True             # train=metric can fine-tune it (`trainable`)
 
     def __init__(self, arch: str, weights: str = "imagenet", precision: str = "auto",
                  layer: str = "penultimate", pooling: str = "gap", layers: dict | None = None,
                  input_size: int | None = None, device: str | None = None, seed: int = 0,
-                 runtime: Runtime | None = None):
+                 runtime: Runtime | None = None, tta: str = "none"):
         self.arch, self.weights, self.seed = arch, str(weights), seed
+        if tta not in TTAS:
+            raise HarnessError(f"tta must be one of {', '.join(TTAS)}, got {tta!r}.")
+        self.tta = tta
         self.layer_aliases = dict(layers or {})
         self.layer, self.pooling = layer, pooling
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -130,12 +135,26 @@ class Backbone:
                 torch.manual_seed(self.seed)  # random weights are reproducible, so their features can be cached
             network = self.tap(self.build().eval())
             return Embedder(network, self.mean, self.std,
-                            functools.partial(pool, how=self.pooling, prefix_tokens=self.prefix_tokens))
+                            functools.partial(pool, how=self.pooling, prefix_tokens=self.prefix_tokens),
+                            flip=self.tta == "flip")
 
-    def tap(self, model: nn.Module) -> nn.Module:
+    def trainable(self) -> tuple[nn.Module, Embedder]:
+        """(the whole network, an Embedder over its tapped layer that shares its parameters) for
+        fine-tuning (harness.train): not fused, so BatchNorm trains; the network's state_dict is a
+        weights file this backbone loads (`backbone.weights=PATH`)."""
+        with torch.inference_mode(False):
+            if self.weights == "random":
+                torch.manual_seed(self.seed)
+            model = self.build().train()
+            network = self.tap(model, train=True)
+        return model, Embedder(network, self.mean, self.std,
+                               functools.partial(pool, how=self.pooling, prefix_tokens=self.prefix_tokens))
+
+    def tap(self, model: nn.Module, train: bool = False) -> nn.Module:
         """The network cut at the configured layer, as a module from normalised images to that layer's
-        output. This default traces the graph (torchvision's FX feature extraction) and folds BatchNorm
-        into the convolutions; families with their own feature API override it."""
+        output. This default traces the graph (torchvision's FX feature extraction) and, for inference
+        (`train` false), folds BatchNorm into the convolutions; families with their own feature API
+        override it."""
         with warnings.catch_warnings():
             # torchvision notes that train-mode graphs may differ; we only ever trace eval mode.
             warnings.filterwarnings("ignore", message="NOTE: The nodes obtained by tracing")
@@ -147,6 +166,8 @@ class Backbone:
                     f"or a graph node such as {', '.join(nodes[-8:])}."
                 )
             extractor = create_feature_extractor(model, return_nodes={self.node: "features"})
+        if train:  # the parameters stay the network's own, so its state_dict is what trained
+            return _Output(extractor, "features")
         # Inference only: fold BatchNorm into the preceding convolutions (fewer passes over memory).
         return _Output(fuse(extractor.eval(), inplace=True), "features")
 
@@ -225,6 +246,8 @@ class Backbone:
                "pooling": self.pooling, "precision": self.precision, "input_size": self.input_size}
         if self.precision == "int8":
             out["calibration"] = self._calibration_key
+        if self.tta != "none":  # (absent otherwise: features stored before tta existed keep their key)
+            out["tta"] = self.tta
         return out
 
     @property

@@ -74,7 +74,7 @@ class OpenCLIPBackbone(Backbone):
 
         return self._call(open_clip.create_model, self.arch, pretrained=self.pretrained)
 
-    def tap(self, model):
+    def tap(self, model, train: bool = False):
         # encode_image(x) is visual(x) (unnormalised): the image tower alone is what extraction runs, cast
         # to bf16 and compiled; the text tower stays float32 beside it for the few text queries.
         self.clip = model.to(self.device)

@@ -80,7 +80,7 @@ class TimmBackbone(Backbone):
             raise HarnessError(offline_message(
                 f"timm model {self.arch}", exc, f"python -c \"import timm; timm.create_model('{self.arch}', pretrained=True)\"")) from None
 
-    def tap(self, model):
+    def tap(self, model, train: bool = False):
         return _TimmTap(model, self.node)
 
     @property

@@ -117,10 +117,13 @@ class Engine:
         raise NotImplementedError
 
 
-def worker_config(cfg) -> dict:
+def worker_config(cfg, **backbone) -> dict:
     """The part of a run's config that builds its backbone and preprocessing, resolved to plain values:
-    what an engine sends to workers elsewhere."""
+    what an engine sends to workers elsewhere; `backbone`: settings that replace the config's (a
+    downloaded or fine-tuned weights file)."""
     from omegaconf import OmegaConf
 
-    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, ["backbone", "layer", "preprocess", "runtime", "extract", "paths"]),
-                                  resolve=True)
+    config = OmegaConf.to_container(OmegaConf.masked_copy(cfg, ["backbone", "layer", "tta", "preprocess", "runtime",
+                                                                "extract", "paths"]), resolve=True)
+    config["backbone"].update(backbone)
+    return config

@@ -18,16 +18,23 @@ log = logging.getLogger(__name__)
 
 
 class Embedder(nn.Module):
-    """uint8 (N, 3, H, W) → float32 (N, D): normalisation, the tapped fp32 network, pooling."""
+    """uint8 (N, 3, H, W) → float32 (N, D): normalisation, the tapped fp32 network, pooling. `flip`:
+    the mean of the pooled features of each image and its mirror image (test-time augmentation), inside
+    the module, so every runtime converts it with the network and catalog and uploads get it alike."""
 
-    def __init__(self, network: nn.Module, mean, std, pool):
+    def __init__(self, network: nn.Module, mean, std, pool, flip: bool = False):
         super().__init__()
-        self.network, self.pool = network, pool
+        self.network, self.pool, self.flip = network, pool, flip
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
 
     def forward(self, images):
-        return self.pool(self.network((images.float() / 255.0 - self.mean) / self.std).float())
+        x = (images.float() / 255.0 - self.mean) / self.std
+        if not self.flip:
+            return self.pool(self.network(x).float())
+        n = x.shape[0]  # one pass over the batch and its mirror: twice the batch, not two calls
+        both = self.pool(self.network(torch.cat([x, x.flip(3)])).float())
+        return (both[:n] + both[n:]) / 2
 
 
 class Runtime:

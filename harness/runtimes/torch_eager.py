@@ -13,7 +13,9 @@ class TorchRuntime(Runtime):
     fingerprint: dict = {}  # none: eager features were stored before there were runtimes
 
     def prepare(self, embedder: Embedder, batch_size, precision, device, key, calibration=None):
-        net = embedder.network.to(device, memory_format=torch.channels_last)
+        # The whole embedding module runs (normalisation, pooling, a flip or a fused backbone's members
+        # inside it), channels-last: elementwise ops keep the input's memory format.
+        net = embedder.to(device, memory_format=torch.channels_last).eval()
         if precision == "bf16":
             # Autocast casts every conv/linear weight to bf16 again for each batch (its cast cache lasts
             # one autocast region). Casting them once gives the same bf16 values, so the same features,
@@ -23,14 +25,12 @@ class TorchRuntime(Runtime):
             for module in net.modules():
                 if isinstance(module, (nn.Conv2d, nn.Linear, nn.MultiheadAttention)):
                     module.to(torch.bfloat16)
-        self.network, self.pool, self.device, self.precision = net, embedder.pool, device, precision
-        self.mean, self.std = embedder.mean.to(device), embedder.std.to(device)
+        self.network, self.device, self.precision = net, device, precision
         self.ready = True
         return self
 
     def run(self, images, n):
-        x = images.to(self.device, non_blocking=True).float().div_(255.0)
-        x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        x = images.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             out = self.network(x)
-        return self.pool(out[:n].float()).cpu().numpy().astype(np.float32, copy=False)
+        return out[:n].float().cpu().numpy().astype(np.float32, copy=False)

@@ -9,35 +9,65 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from harness.augment import FittedAugmentation
 from harness.data.catalog import Catalog
 from harness.errors import HarnessError
 from harness.index.lifecycle import manifest_info, open_index
 from harness.index.milvus import from_reference, reference
 from harness.index.publish import publish, served_items
 from harness.projections import FittedProjection
+from harness.pipeline import TRACKED
 from harness.serving.searcher import Searcher, Settings
 
 log = logging.getLogger(__name__)
 
+@dataclass
+class Served:
+    """A Searcher's arguments: `Searcher(settings, items, features, projection, augmentation=...)`."""
+    settings: Settings
+    items: pd.DataFrame
+    features: np.ndarray
+    projection: FittedProjection | None = None
+    augmentation: FittedAugmentation | None = None
+    augment_level: str | None = None
+
+    def searcher(self) -> Searcher:
+        if self.augmentation is not None:
+            self.settings.augment = {"level": self.augment_level}
+        return Searcher(self.settings, self.items, self.features, self.projection, augmentation=self.augmentation)
+
+
+def served_rows(catalog: Catalog, result) -> np.ndarray:
+    """The catalog rows a run serves: no distractor, none the evaluation left out."""
+    served = ~catalog.is_distractor
+    served[[r for r, _ in result.excluded]] = False
+    return np.flatnonzero(served)
+
+
 def served_parts(cfg, catalog: Catalog, emb: np.ndarray, excluded_rows=(), projection=None, metric=None,
-                 run: dict | None = None, calibration=None) -> tuple[Settings, pd.DataFrame, np.ndarray, FittedProjection | None]:
-    """(settings, catalog table, features, fitted projection): a Searcher's arguments. `emb` has one row
-    per catalog row; `run` is what the page shows of the run (id, name, score); `calibration`: an int8
-    backbone's sample."""
+                 run: dict | None = None, calibration=None, augment=None) -> Served:
+    """What a run serves: its settings, catalog table and features, with the projection and the catalog
+    augmentation (`augment`) fitted on all of the served catalog. `emb` has one row per catalog row;
+    `run` is what the page shows of the run (id, name, score); `calibration`: an int8 backbone's sample."""
     served = ~catalog.is_distractor
     served[list(excluded_rows)] = False
     emb = emb[served]
-    fitted = None
+    fitted, augmentation, level = None, None, None
     if projection is not None:
         labels = catalog.items[projection.level or catalog.levels[-1]].to_numpy(object)[served]
         fitted = projection.fit(emb, labels, metric, int(cfg.k))
+    if augment is not None:  # the same label column evaluate() fits it on
+        level = augment.level or (projection.level if projection is not None else None) or catalog.levels[-1]
+        space = fitted.transform(emb) if fitted is not None else emb
+        augmentation = augment.fit(space, catalog.items[level].to_numpy(object)[served])
     settings = Settings.from_cfg(cfg, catalog.root, run or {}, calibration)
-    return settings, served_items(catalog.items[served]), emb, fitted
+    return Served(settings, served_items(catalog.items[served]), emb, fitted, augmentation, level)
 
 
 def read_groups(path, items: pd.DataFrame) -> pd.DataFrame | None:
@@ -61,16 +91,26 @@ def read_groups(path, items: pd.DataFrame) -> pd.DataFrame | None:
     return table
 
 
-def log_served_model(job, pipe, catalog: Catalog, emb: np.ndarray, result, metrics: dict, fingerprint: str) -> str:
+def tracked_file(pipe) -> Path | None:
+    """The downloaded file of `backbone.weights=runs:/…` (carried by the model: the serving machine
+    need not reach the tracking server); None for published, random or local-path weights."""
+    return Path(pipe.backbone.weights) if str(pipe.cfg.backbone.get("weights", "")).startswith(TRACKED) else None
+
+
+def log_served_model(job, pipe, catalog: Catalog, emb: np.ndarray, result, metrics: dict, fingerprint: str,
+                     weights=None) -> str:
     """Publish a run's served catalog to its index (a new version only if it differs from the current
     one: a sweep over metrics stores its vectors once) and log the searcher that names it with `job`
     (registered as serving.model_name's champion when serving.register is set). `emb`: one row per
-    catalog row; `result`: the run's Evaluation; `fingerprint`: its features'."""
+    catalog row; `result`: the run's Evaluation; `fingerprint`: its features'; `weights`: the served
+    network's weights file where it is not the configured one (train=metric's, fine-tuned on the served
+    catalog). A weights file is carried inside the model, checked by its digest when it is loaded."""
     cfg = pipe.cfg
     score = metrics.get(cfg.selection.metric)
     run = {"run_id": job.run_id, "run_name": pipe.run_name, cfg.selection.metric: score}
-    settings, items, vectors, fitted = served_parts(cfg, catalog, emb, [r for r, _ in result.excluded], pipe.projection,
-                                                    pipe.metric, run, pipe.backbone.calibration)
+    parts = served_parts(cfg, catalog, emb, [r for r, _ in result.excluded], pipe.projection, pipe.metric, run,
+                         pipe.backbone.calibration, pipe.augment)
+    settings, items, vectors, fitted = parts.settings, parts.items, parts.features, parts.projection
     index = open_index(cfg)
     version = publish(index, items, vectors, manifest_info(pipe, fingerprint, catalog.root))
     settings.index = {"root": str(index.dir.parent), "name": index.name, "version": version,
@@ -79,5 +119,6 @@ def log_served_model(job, pipe, catalog: Catalog, emb: np.ndarray, result, metri
     if remote is not None:
         remote.sync(version)  # the model serves from Milvus: it holds this version before the model is logged
     with tempfile.TemporaryDirectory() as tmp:
-        directory = Searcher.write(Path(tmp) / "searcher", settings, fitted, read_groups(cfg.serving.duplicates, items))
+        directory = Searcher.write(Path(tmp) / "searcher", settings, fitted, read_groups(cfg.serving.duplicates, items),
+                                   parts.augmentation, parts.augment_level, weights or tracked_file(pipe))
         return job.log_model(directory, cfg.serving.model_name if cfg.serving.register else None, score)

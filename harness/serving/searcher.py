@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import logging
+import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from harness.augment import FittedAugmentation
 from harness.backbones import build_backbone
 from harness.config import instantiate
 from harness.errors import HarnessError
@@ -44,6 +46,8 @@ __all__ = ["MAX_UPLOAD_BYTES", "BadQuery", "SearchOptions", "Searcher", "Setting
 log = logging.getLogger(__name__)
 HIDDEN = ("content_hash",)  # the index's bookkeeping, not an answer's column
 DUPLICATES = "duplicates.csv"
+AUGMENTATION = "augmentation.npz"
+WEIGHTS = "weights.pt"
 
 
 @dataclass(frozen=True)
@@ -68,9 +72,12 @@ class Searcher:
     def __init__(self, settings: Settings, catalog: pd.DataFrame, features: np.ndarray,
                  projection: FittedProjection | None = None, index: IndexStore | None = None,
                  version: int | None = None, follow: bool = False, poll_seconds: float = 1.0,
-                 snapshot: Snapshot | None = None, duplicates: pd.DataFrame | None = None):
+                 snapshot: Snapshot | None = None, duplicates: pd.DataFrame | None = None,
+                 augmentation: FittedAugmentation | None = None):
         """`duplicates`: near-duplicate groups (item_id, group: python -m harness.dedup's table) that
-        collapse_duplicates keeps one answer of."""
+        collapse_duplicates keeps one answer of. `augmentation`: the catalog augmentation fitted on the
+        served catalog (augment=class_mean), applied to its items by their label (settings.augment's
+        level), also to items added later; `settings.query_expansion`: how each photo query is expanded."""
         self.settings = settings
         self.products = {"distance": "best", "query": "mean", **(settings.products or {})}
         if self.products["distance"] not in DISTANCES or self.products["query"] not in COMBINES:
@@ -84,6 +91,14 @@ class Searcher:
         self.kind = instantiate(settings.search) if settings.search else ExactIndex
         # index.backend=milvus: the whole search (filters, predicted category) runs in Milvus
         self.remote = from_reference(settings.index, index, settings.metric, projection)
+        self.augmentation = augmentation
+        self.expansion = instantiate(settings.query_expansion) if settings.query_expansion else None
+        if self.remote is not None and (augmentation is not None or self.expansion is not None):
+            raise HarnessError("augment and query_expansion are served with index.backend=faiss (they move and read "
+                               "the catalog's vectors in this process); index.backend=milvus serves neither.")
+        if augmentation is not None and not (settings.augment or {}).get("level") in catalog:
+            raise HarnessError(f"the catalog augmentation's label column {(settings.augment or {}).get('level')!r} "
+                               "is not a column of the served catalog.")
         self.served = self._serve(catalog, features, version, snapshot)
         # Models logged before the layer reached the backbone by interpolation (and before runtimes were a
         # group) carry the layer beside it and the runtime inside it.
@@ -108,9 +123,12 @@ class Searcher:
             return Served(catalog, features, None, images, CatalogFilter(catalog), version, ids,
                           AnswerKeys.of(catalog, self.duplicates))
         features = self.projection.transform(features) if self.projection is not None else features.astype(np.float32)
+        if self.augmentation is not None:
+            features = self.augmentation.apply(features, catalog[self.settings.augment["level"]].to_numpy(object))
         whole = None
-        if snapshot is not None and self.source is not None and persistent(self.kind):
-            # the run's approximate structure, kept with the index version (moved in place on updates)
+        if snapshot is not None and self.source is not None and persistent(self.kind) and self.augmentation is None:
+            # the run's approximate structure, kept with the index version (moved in place on updates;
+            # with a catalog augmentation the structure is built when a version is loaded instead)
             whole = Structures(self.source, self.settings.metric, self.settings.search,
                                self.projection).open(snapshot, features)
         index = GroupedIndex(features, self.metric, groups=catalog[self.category_level].to_numpy(),
@@ -183,10 +201,20 @@ class Searcher:
     # -- persistence: plain files only --------------------------------------------------------
     @staticmethod
     def write(directory: Path, settings: Settings, projection: FittedProjection | None = None,
-              duplicates: pd.DataFrame | None = None) -> Path:
-        """settings (naming the index version), the projection, if any, as two arrays, and the
-        near-duplicate groups, if any, as a CSV whose digest the settings record."""
+              duplicates: pd.DataFrame | None = None, augmentation: FittedAugmentation | None = None,
+              augment_level: str | None = None, weights: Path | None = None) -> Path:
+        """settings (naming the index version), the projection, if any, as two arrays, the near-duplicate
+        groups, if any, as a CSV, and the catalog augmentation, if any, as arrays; the settings record
+        the digests of the last two; `weights`: a network's weights file, carried as weights.pt."""
         directory.mkdir(parents=True, exist_ok=True)
+        if weights is not None:
+            shutil.copyfile(weights, directory / WEIGHTS)
+            settings.weights = {"file": WEIGHTS, "sha256": hashlib.sha256((directory / WEIGHTS).read_bytes()).hexdigest()}
+            settings.backbone = {**settings.backbone, "weights": WEIGHTS}  # resolved in the model's folder
+        if augmentation is not None:
+            augmentation.save(directory / AUGMENTATION)
+            settings.augment = {"file": AUGMENTATION, "level": augment_level,
+                                "sha256": hashlib.sha256((directory / AUGMENTATION).read_bytes()).hexdigest()}
         if duplicates is not None:
             data = duplicates[["item_id", "group"]].to_csv(index=False).encode()
             (directory / DUPLICATES).write_bytes(data)
@@ -214,22 +242,48 @@ class Searcher:
         projection = directory / "projection.npz"
         projection = FittedProjection.load(projection) if projection.exists() else None
         duplicates = cls.read_duplicates(directory, settings.duplicates)
+        augmentation = cls.read_augmentation(directory, settings.augment)
+        if settings.weights:
+            path = directory / settings.weights["file"]
+            if hashlib.sha256(path.read_bytes()).hexdigest() != settings.weights["sha256"]:
+                raise HarnessError(f"{path}: its content does not match the digest the model recorded; the model is "
+                                   "not served with an altered network.")
+            settings.backbone = {**settings.backbone, "weights": str(path)}
         if settings.index is None:  # a model logged before indexes: its catalog inside it
             catalog = pd.read_csv(directory / "catalog.csv", dtype=str, keep_default_na=False)
-            return cls(settings, catalog, np.load(directory / "features.npy"), projection, duplicates=duplicates)
+            return cls(settings, catalog, np.load(directory / "features.npy"), projection, duplicates=duplicates,
+                       augmentation=augmentation)
         ref = settings.index
         store = IndexStore(ref["root"], ref["name"])
         follow = bool(ref.get("follow", True))
         snapshot = store.read(None if follow else ref["version"], vectors=ref.get("backend", "faiss") != "milvus")
         return cls(settings, snapshot.items, snapshot.vectors, projection, store, snapshot.version, follow,
-                   snapshot=snapshot, duplicates=duplicates)
+                   snapshot=snapshot, duplicates=duplicates, augmentation=augmentation)
+
+    @staticmethod
+    def read_augmentation(directory: Path, record: dict | None) -> FittedAugmentation | None:
+        """The model's catalog augmentation, checked against the digest its settings recorded."""
+        if not record:
+            return None
+        path = directory / record["file"]
+        if hashlib.sha256(path.read_bytes()).hexdigest() != record["sha256"]:
+            raise HarnessError(f"{path}: its content does not match the digest the model recorded; the model is "
+                               "not served with an altered catalog augmentation.")
+        return FittedAugmentation.load(path)
 
     # -- search ------------------------------------------------------------------------------
-    def embed(self, images: list[Image.Image]) -> np.ndarray:
-        """Photos → vectors in the searched space (the backbone's, projected if the model has a projection)."""
+    def embed(self, images: list[Image.Image], served: Served | None = None) -> np.ndarray:
+        """Photos → vectors in the searched space (the backbone's, projected if the model has a projection),
+        each expanded with its nearest items of `served` (default: the current version) where the model
+        expands queries."""
         arrays = [np.asarray(self.preprocess(img), dtype=np.uint8) for img in images]
         emb = self.backbone.embed(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2))
-        return self.projection.transform(emb) if self.projection is not None else emb
+        emb = self.projection.transform(emb) if self.projection is not None else emb
+        if self.expansion is None:
+            return emb
+        served = served or self.current()
+        _, pos = served.index.search(emb, min(self.expansion.n, len(served.catalog)))
+        return self.expansion.expand(emb, served.features, pos)
 
     def predict_category(self, query_emb: np.ndarray, served: Served | None = None) -> str:
         """An upload has no label: majority vote of its nearest catalog neighbours (serving.category_votes)."""
@@ -386,7 +440,7 @@ class Searcher:
         k = self.check_k(k)
         self.check_rows(len(images))
         allowed = self._where(served, filters)  # checked before any photo is decoded
-        return self._rank(self._embed_uploads(images), "the query photo", k, within_category,
+        return self._rank(self._embed_uploads(images, served), "the query photo", k, within_category,
                           rerank_column, rerank_weight, allowed, served, collapse_duplicates)
 
     def search_items(self, image, k: int | None = None, within_category: bool = False,
@@ -409,7 +463,7 @@ class Searcher:
                 raise BadQuery(f"no item found at ({x:g}, {y:g}) of the {img.width} x {img.height} photo; "
                                f"{len(boxes)} item(s) at {', '.join(str(list(b)) for b in boxes)}")
             boxes = [min(inside, key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))]
-        tables = self._rank(self.embed([img.crop(b) for b in boxes]), "the query photo", k, within_category,
+        tables = self._rank(self.embed([img.crop(b) for b in boxes], served), "the query photo", k, within_category,
                             rerank_column, rerank_weight, allowed, served, collapse_duplicates)
         return [t.assign(item=n, item_box=[list(box)] * len(t)) for n, (box, t) in enumerate(zip(boxes, tables))]
 
@@ -453,7 +507,7 @@ class Searcher:
         fusing = self.products["query"] == "fuse"
         if fusing and any(t.weight < 0 for t in terms):
             raise BadQuery("a negative weight needs serving.products.query=mean: fused answers cannot subtract")
-        vectors = self._embed_terms(terms)
+        vectors = self._embed_terms(terms, served)
         try:
             self.metric.check(vectors, "the query terms")
         except HarnessError as exc:
@@ -464,13 +518,13 @@ class Searcher:
         return self._query_table(served, vectors, weights, k, within_category, rerank_column, rerank_weight,
                                  allowed, bool(collapse_duplicates))
 
-    def _embed_uploads(self, images: list) -> np.ndarray:
-        return self.embed([decode_upload(v, self.preprocess.decode_scale) for v in images])
+    def _embed_uploads(self, images: list, served: Served | None = None) -> np.ndarray:
+        return self.embed([decode_upload(v, self.preprocess.decode_scale) for v in images], served)
 
-    def _embed_terms(self, terms: list[Term]) -> np.ndarray:
+    def _embed_terms(self, terms: list[Term], served: Served | None = None) -> np.ndarray:
         """(T, D) in the terms' order: the photos embedded in one batch, the words in another."""
         out = [None] * len(terms)
-        for kind, embed in (("image", self._embed_uploads), ("text", self.embed_texts)):
+        for kind, embed in (("image", lambda v: self._embed_uploads(v, served)), ("text", self.embed_texts)):
             at = [n for n, t in enumerate(terms) if t.kind == kind]
             if at:
                 for n, vector in zip(at, embed([terms[n].value for n in at])):

@@ -34,6 +34,13 @@ class Settings:
     products: dict | None = None
     # The near-duplicate groups the model carries (file, sha256, groups), for collapse_duplicates
     duplicates: dict | None = None
+    # augment=class_mean: the catalog augmentation the model carries (file, sha256, its label level)
+    augment: dict | None = None
+    # query_expansion: its config (with _target_); None: each query searched once
+    query_expansion: dict | None = None
+    # The network's weights file the model carries (file, sha256): train=metric's fine-tuned network,
+    # or a tracked run's file (backbone.weights=runs:/...); None: the backbone's own weights setting
+    weights: dict | None = None
 
     @classmethod
     def from_cfg(cls, cfg, root: str | None, run: dict, calibration=None) -> "Settings":
@@ -48,7 +55,8 @@ class Settings:
                    list(cfg.dataset.levels), run, root, int(serving.max_k), int(serving.max_rows),
                    int(serving.rerank_candidates), int(serving.category_votes), runtime,
                    calibration.record() if calibration is not None else None, None, plain(cfg.search.index),
-                   plain(cfg.serving.products))
+                   plain(cfg.serving.products),
+                   query_expansion=plain(cfg.query_expansion) if cfg.get("query_expansion") else None)
 
     def runtime_spec(self) -> dict:
         if self.runtime is not None:

@@ -83,6 +83,17 @@ class Job:
     def log_folder(self, folder: Path) -> None:
         raise NotImplementedError
 
+    def log_weights(self, path: Path) -> str:
+        """A fine-tuned network's weights file kept with the run as `train/weights.pt`; the URI that
+        `backbone.weights=` loads it by."""
+        import shutil
+
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "train").mkdir()
+            shutil.copyfile(path, Path(tmp) / "train" / "weights.pt")
+            self.log_folder(Path(tmp))
+        return f"runs:/{self.run_id}/train/weights.pt"
+
     def set_description(self, text: str) -> None:
         """A few lines shown with the run (MLflow: its description); nowhere by default."""
 
@@ -117,6 +128,12 @@ class Tracker:
     def where(self) -> str | None:
         """One line for the run's summary: where its results are, or None."""
         return None
+
+    def download(self, uri: str, into: Path) -> Path:
+        """A run's or a registered model's artifact (`runs:/<run_id>/<path>`, `models:/<name>/<version>`)
+        as a local file under `into`, or one line why not."""
+        raise HarnessError(f"{uri} names a tracked run's artifact: it needs tracker=mlflow (the tracker that "
+                           "logged it), not this tracker.")
 
 
 class NullJob(Job):

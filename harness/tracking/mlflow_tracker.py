@@ -12,6 +12,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from harness import liveness
+from harness.errors import HarnessError
 from harness.tracking.base import Job, Tracker, finite, flatten
 from harness.tracking.heartbeat import Heartbeat, identity
 from harness.tracking.models import log_search_model, register_champion
@@ -124,3 +125,15 @@ class MlflowTracker(Tracker):
 
     def where(self) -> str:
         return f"results: MLflow {self.uri} (experiment '{self.experiment}'); open the UI: make ui"
+
+    def download(self, uri: str, into: Path) -> Path:
+        self.store.connect()
+        into.mkdir(parents=True, exist_ok=True)
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(into)))
+        except Exception as exc:  # no such run, artifact or model: one line, whatever MLflow raised
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise HarnessError(f"backbone.weights={uri}: not found in MLflow {self.uri} ({first}).") from None
+        if not local.is_file():
+            raise HarnessError(f"backbone.weights={uri} names a folder, not a weights file.")
+        return local
