@@ -9,7 +9,7 @@ from PIL import Image
 from harness.errors import HarnessError
 from harness.pipeline import build
 from harness.runtimes.calibration import Calibration
-from harness.runtimes.openvino import cosines
+from harness.runtimes.openvino import PROBE_COSINE, cosines
 from harness.store import FeatureStore
 
 pytest.importorskip("openvino")
@@ -39,8 +39,13 @@ def test_int8_features_are_stored_apart_and_the_quantized_network_cached(int8_cf
     assert network.converted and pipe.backbone.runtime.name == "openvino"
     assert int8.fingerprint != fp32.fingerprint and int8.extracted == len(catalog.items)
     assert pipe.backbone.fingerprint["precision"] == "int8" and pipe.backbone.fingerprint["calibration"]
-    # quantized, so not fp32's numbers, but the same network
-    assert not np.array_equal(int8.emb, fp32.emb) and cosines(int8.emb, fp32.emb).min() > 0.9
+    # Quantized, so not fp32's numbers, but the same network. Integer kernels differ between CPUs
+    # (AVX2, VNNI, AMX): the lowest cosine over these 54 photos at 96 px was 0.91 (median 0.97) on an
+    # AMD EPYC with AVX-512 VNNI and 0.84 on CI's machine, so the bar is the runtime's own probe bar for
+    # every photo and 0.9 for most; altered weights score about 0.4.
+    agree = cosines(int8.emb, fp32.emb)
+    assert not np.array_equal(int8.emb, fp32.emb)
+    assert agree.min() > PROBE_COSINE["int8"] and np.median(agree) > 0.9, (agree.min(), np.median(agree))
     calibration = pipe.backbone.calibration
     assert len(calibration.items) == 12 and {h for _, h in calibration.items} <= set(catalog.items["content_hash"])
 
