@@ -14,6 +14,7 @@
     python experiments/bench.py dedup              # near-duplicates over 1M x 1280 with planted pairs
     python experiments/bench.py frozen             # experiment=frozen_best and its steps, products 5-fold
     python experiments/bench.py finetune           # train=metric per fold vs LDA, products 5-fold
+    python experiments/bench.py train_engines      # train/engine=local vs ray (2 workers), one training
 
 Every number is measured in the same process, on this machine, in the run that prints it. Every
 component comes from the project's config through `harness.pipeline.build`, as a run builds it.
@@ -666,6 +667,35 @@ def bench_finetune(args) -> list[dict]:
                              for name, o in FINETUNE_ROWS.items()}, "b: LDA 0.1")
 
 
+def bench_train_engines(args) -> list[dict]:
+    """One train=metric training (fold 0's catalog products, the finetune schedule, `steps` batches)
+    in this process and on Ray Train's data-parallel workers: seconds, held-out P@5, and whether the
+    workers ended with the same network."""
+    from harness.train.folds import train_rows, training_rows
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for engine in args.engines:
+            pipe = pipeline("experiment=frozen_best", f"dataset.root={args.catalog}", *FINETUNE,
+                            f"train.steps_per_epoch={args.steps}", f"train/engine={engine}", "extract.progress=false",
+                            f"paths.root={tmp}", f"paths.openvino={ROOT / '.cache' / 'openvino'}")
+            catalog, folds = pipe.data()
+            t0 = time.perf_counter()
+            result = train_rows(pipe, catalog, training_rows(catalog, folds[0]))
+            seconds = time.perf_counter() - t0
+            row = {"engine": engine, "workers": getattr(pipe.trainer.engine, "workers", 1), "steps": args.steps,
+                   "batch_size": pipe.trainer.batch_size, "train_images": len(result.trained_ids),
+                   "seconds": round(seconds, 1), "epoch_seconds": round(result.history[-1]["seconds"], 1),
+                   "loss": round(result.history[-1]["loss"], 4),
+                   "holdout_p5_per_epoch": [round(h["holdout_precision_at_k"], 4) for h in result.history],
+                   "best_epoch": result.best_epoch,
+                   "workers_same_network": len({r["digest"] for r in result.replicas}) == 1,
+                   "distinct_photos_per_worker": [len(r["ids"]) for r in result.replicas]}
+            rows.append(row)
+            print(row, flush=True)
+    return rows
+
+
 def score_rows(args, table: dict, baseline: str) -> list[dict]:
     from harness.protocols import restrict
     from harness.tracking.base import NullJob
@@ -1056,6 +1086,10 @@ def main(argv=None):
     ft.add_argument("--catalog", type=Path, default=DEFAULT_CATALOG)
     ft.add_argument("--rows", nargs="*", help="only the rows whose name contains one of these")
     ft.add_argument("--steps", type=int, default=40, help="batches per epoch (train.steps_per_epoch)")
+    te = sub.add_parser("train_engines", help="train/engine=local vs ray on one products training")
+    te.add_argument("--catalog", type=Path, default=DEFAULT_CATALOG)
+    te.add_argument("--engines", nargs="*", default=["local", "ray"])
+    te.add_argument("--steps", type=int, default=8, help="batches per epoch (train.steps_per_epoch)")
     for p in sub.choices.values():
         p.add_argument("--k", type=int, default=5)
         p.add_argument("--out", type=Path, default=ROOT / "experiments" / "bench")
@@ -1065,7 +1099,7 @@ def main(argv=None):
                 "serve": bench_serve, "peak": bench_peak, "scale": bench_scale, "decode": bench_decode,
                 "int8": bench_int8, "segment": bench_segment, "index": bench_index,
                 "milvus": bench_milvus, "dedup": bench_dedup, "frozen": bench_frozen,
-                "finetune": bench_finetune}
+                "finetune": bench_finetune, "train_engines": bench_train_engines}
     rows = sections[args.section](args)
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"section": args.section, "machine": machine(), "date": time.strftime("%Y-%m-%d"), "rows": rows}

@@ -19,7 +19,9 @@ from tests.conftest import SHARED
 from tests.test_families import FAMILIES
 
 GROUPS = sorted(d.name for d in CONFIG_DIR.iterdir() if d.is_dir() and d.name != "hydra")
-OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONFIG_DIR / group).glob("*.yaml"))]
+# a group's own groups too (train/engine): chosen as `train/engine=ray`
+NESTED = sorted(f"{group}/{d.name}" for group in GROUPS for d in (CONFIG_DIR / group).iterdir() if d.is_dir())
+OPTIONS = [(group, path.stem) for group in GROUPS + NESTED for path in sorted((CONFIG_DIR / group).glob("*.yaml"))]
 
 
 def test_every_group_is_covered():
@@ -49,6 +51,8 @@ def test_option_composes_and_instantiates(cfg_factory, catalog_dir, group, optio
         overrides.append("preprocess.weights=random")  # the detector's COCO weights: offline here
     if (group, option) == ("experiment", "frozen_best"):
         overrides.append("dataset.levels=[category,subcategory]")  # the synthetic catalog has no article_type
+    if group.startswith("train/"):
+        overrides.append("train=metric")  # the parent option that has this group
     if (group, option) == ("layer", "fc1"):
         overrides.append("backbone=vgg16")  # fc1 is a VGG layer
     if (group, option) == ("evaluator", "text"):

@@ -178,3 +178,49 @@ def test_a_run_logs_its_network_which_loads_by_runs_uri_and_serves_the_same_feat
         fh.write(b"0")
     with pytest.raises(HarnessError, match="altered network"):
         Searcher.load(model_dir)
+
+
+@pytest.mark.ray
+def test_ray_train_two_workers_average_their_gradients_and_resume_through_ray(cfg_factory, catalog_dir, tmp_path):
+    pytest.importorskip("ray.train")
+    from harness.engines.base import load
+    from harness.train.engines.local import LocalSession
+    from harness.train.metric import _digest
+
+    cfg = cfg_factory(*QUICK, "train/engine=ray", "train.engine.workers=2", "train.epochs=1", "train.steps_per_epoch=4",
+                      "train.holdout=0.25", "dataset=products", f"dataset.root={catalog_dir}", "tracker=none")
+    result = _fit(cfg, catalog_dir, tmp_path / "ray")
+    assert [r["rank"] for r in result.replicas] == [0, 1] and len(result.history) == 1
+    first, second = result.replicas
+    # each worker trained on its own batches, yet both ended with the same, trained network: the
+    # gradients were averaged
+    assert first["ids"] and second["ids"] and first["ids"] != second["ids"]
+    assert set(first["ids"]) | set(second["ids"]) <= set(result.trained_ids)
+    pipe = build(cfg)
+    model, embedder = pipe.backbone.trainable()
+    assert first["digest"] == second["digest"] != _digest(model.state_dict())
+
+    # the held-out P@k the two workers computed together (each embedding half the rows) is the one this
+    # process computes alone from the checkpointed network
+    state = torch.load(next((tmp_path / "ray" / "ray").rglob("state.pt")), weights_only=True)
+    model.load_state_dict(state["model"])
+    items = pd.read_csv(catalog_dir / "manifest.csv")
+    images = torch.stack([load(str(catalog_dir / p), pipe.preprocess)[0] for p in items["path"]])
+    position = {i: n for n, i in enumerate(items["item_id"].astype(str))}
+    train_rows = np.array([position[i] for i in result.trained_ids])
+    held_rows = np.array([position[i] for i in result.holdout_ids])
+    alone = pipe.trainer._holdout_score(embedder, images, items["subcategory"].astype(str).to_numpy(), train_rows,
+                                        held_rows, LocalSession(torch.device("cpu"), tmp_path / "local"))
+    one_neighbour = 1 / (len(held_rows) * pipe.trainer.k)  # (a near tie may flip between thread counts)
+    assert abs(alone - result.history[0]["holdout_precision_at_k"]) <= one_neighbour + 1e-9
+
+    # the same training again: Ray Train restores the run from its checkpoint, no epoch runs twice
+    again = _fit(cfg, catalog_dir, tmp_path / "ray")
+    assert again.history == result.history
+    a, b = torch.load(result.weights, weights_only=True), torch.load(again.weights, weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_train_engine_as_a_value_is_refused_in_one_line(cfg_factory):
+    with pytest.raises(HarnessError, match="train/engine=ray"):
+        build(cfg_factory(*QUICK, "train.engine=ray", "tracker=none", "backbone.weights=random"))

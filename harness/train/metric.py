@@ -44,6 +44,8 @@ class TrainResult:
     seconds: float
     trained_ids: list[str] = field(default_factory=list)   # the rows it learnt from
     holdout_ids: list[str] = field(default_factory=list)   # the rows it stopped early on
+    # per data-parallel worker, its last epoch: rank, the digest of its network, the ids it trained on
+    replicas: list[dict] = field(default_factory=list)
 
 
 def blocks(model: nn.Module) -> nn.Module | None:
@@ -97,7 +99,7 @@ class MetricLearning:
                  batch_size: int = 32, m_per_class: int = 4, trainable_blocks: int | None = None,
                  holdout: float = 0.1, patience: int = 2, k: int = 5, level: str | None = None,
                  augment: bool = True, steps_per_epoch: int | None = None, seed: int = 0,
-                 checkpoint_dir: str | None = None):
+                 checkpoint_dir: str | None = None, engine=None):
         for name, value, low in (("epochs", epochs, 1), ("batch_size", batch_size, 2), ("m_per_class", m_per_class, 1),
                                  ("patience", patience, 1), ("k", k, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -116,12 +118,21 @@ class MetricLearning:
         self.m_per_class, self.trainable_blocks, self.holdout, self.patience = m_per_class, trainable_blocks, holdout, patience
         self.k, self.level, self.augment, self.steps_per_epoch, self.seed = k, level, augment, steps_per_epoch, seed
         self.checkpoint_dir = checkpoint_dir
+        if isinstance(engine, str):  # `train.engine=ray` sets a value; the engine is a config group
+            raise HarnessError(f"train.engine={engine!r}: choose the training engine as a config group, "
+                               f"train/engine={engine} (conf/train/engine/).")
+        if engine is None:
+            from harness.train.engines.local import LocalTraining
+
+            engine = LocalTraining()
+        self.engine = engine
 
     # -- what is trained on ------------------------------------------------------------------
     def settings(self) -> dict:
         """Everything that changes the trained weights (a checkpoint of other settings is not resumed)."""
-        return {k: v for k, v in vars(self).items() if k not in ("loss_factory", "miner_factory", "checkpoint_dir")} | {
-            "loss": repr(self.loss_factory), "miner": repr(self.miner_factory)}
+        skip = ("loss_factory", "miner_factory", "checkpoint_dir", "engine")
+        return {k: v for k, v in vars(self).items() if k not in skip} | {
+            "loss": repr(self.loss_factory), "miner": repr(self.miner_factory), "engine": self.engine.settings()}
 
     def fit(self, backbone, preprocess, paths: list[str], labels, ids, out_dir: str | Path | None = None,
             log_epoch=None) -> TrainResult:
@@ -157,9 +168,11 @@ class MetricLearning:
             out_dir = Path(self.checkpoint_dir) / key[:16]
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        history, best = self._train(backbone, images, labels, train_rows, held_rows, out_dir, key, log_epoch)
+        history, best, replicas = self.engine.train(self, backbone, images, labels, train_rows, held_rows, out_dir,
+                                                    key, log_epoch)
         return TrainResult(out_dir / "weights.pt", history, best, time.perf_counter() - t0,
-                           ids[train_rows].tolist(), ids[held_rows].tolist())
+                           ids[train_rows].tolist(), ids[held_rows].tolist(),
+                           [{**r, "ids": ids[r["rows"]].tolist()} for r in replicas])
 
     # -- the loop ----------------------------------------------------------------------------
     def _seed(self, offset: int = 0) -> None:
@@ -167,14 +180,18 @@ class MetricLearning:
         np.random.seed(self.seed + offset)  # MPerClassSampler draws from numpy's global generator
         torch.manual_seed(self.seed + offset)
 
-    def _train(self, backbone, images, labels, train_rows, held_rows, out_dir: Path, key: str, log_epoch):
+    def loop(self, backbone, images, labels, train_rows, held_rows, key: str, session) -> None:
+        """The training, as every worker runs it (`session`: harness.train.engines.base.Session, its
+        rank among `world` data-parallel workers, its device, where checkpoints go). Each worker takes
+        every `world`-th batch of the same seeded sampler order, so an epoch's batches are split among
+        the workers and the wrapped model averages their gradients."""
         from pytorch_metric_learning.samplers import MPerClassSampler
 
         self._seed()
-        device = backbone.device
+        device = session.device
         model, embedder = backbone.trainable()
-        embedder.to(device)
         trainable = freeze(model, self.trainable_blocks)
+        embedder.to(device)
         with torch.no_grad():
             dim = embedder.eval()(images[:2].to(device)).shape[1]
         names = {label: n for n, label in enumerate(np.unique(labels[train_rows]))}
@@ -185,22 +202,22 @@ class MetricLearning:
         optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
         augment = self._augmentation(images.shape[-1])
         bf16 = device.type == "cuda" or _cpu_bf16()
-        history, best, best_score, start = [], 0, -1.0, 1
-        checkpoint = out_dir / "checkpoint.pt"
-        if checkpoint.exists():
-            state = torch.load(checkpoint, map_location="cpu", weights_only=True)  # tensors and numbers only
-            if state.get("key") == key:
-                model.load_state_dict(state["model"])
-                loss_fn.load_state_dict(state["loss"])
-                optimizer.load_state_dict(state["optimizer"])
-                history, best, best_score, start = state["history"], state["best"], state["best_score"], state["epoch"] + 1
-                _set_rng(state["rng"])
-                log.info("train: resumed from %s after epoch %d", checkpoint, state["epoch"])
-            else:
-                log.warning("train: %s is a checkpoint of other settings or rows; starting again", checkpoint)
+        history, best, best_score, start, best_weights = [], 0, -1.0, 1, None
+        state = session.restore()
+        if state is not None and state.get("key") == key:
+            model.load_state_dict(state["model"])
+            loss_fn.load_state_dict(state["loss"])
+            optimizer.load_state_dict(state["optimizer"])
+            history, best, best_score, start = state["history"], state["best"], state["best_score"], state["epoch"] + 1
+            best_weights = state["weights"]
+            _set_rng(state["rng"])
+            log.info("train: resumed after epoch %d", state["epoch"])
+        elif state is not None:
+            log.warning("train: the checkpoint found is of other settings or rows; starting again")
         if start == 1:  # the untrained network is the baseline an epoch has to beat
-            best_score = self._holdout_score(embedder, images, labels, train_rows, held_rows, device)
-            _save_atomically(model.state_dict(), out_dir / "weights.pt")
+            best_score = self._holdout_score(embedder, images, labels, train_rows, held_rows, session)
+            best_weights = _copy(model.state_dict())
+        forward, loss_forward = session.wrap(embedder), session.wrap(loss_fn)
         since_best = len(history) - best if history else 0
         for epoch in range(start, self.epochs + 1):
             if since_best >= self.patience:
@@ -212,37 +229,39 @@ class MetricLearning:
                     module.eval()
             sampler = MPerClassSampler(targets[train_rows].numpy(), self.m_per_class, batch_size=self.batch_size,
                                        length_before_new_iter=self._epoch_length(len(train_rows)))
-            losses = []
             order = train_rows[np.fromiter(iter(sampler), dtype=np.int64)]
-            for start_at in range(0, len(order) - self.batch_size + 1, self.batch_size):
-                rows = order[start_at:start_at + self.batch_size]
+            batches = [order[at:at + self.batch_size] for at in range(0, len(order) - self.batch_size + 1, self.batch_size)]
+            mine = batches[:len(batches) // session.world * session.world][session.rank::session.world]
+            losses = []
+            for rows in mine:
                 batch = augment(images[rows]).to(device)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                    emb = embedder(batch)
+                    emb = forward(batch)
                 emb = emb.float()
                 y = targets[rows].to(device)
-                loss = loss_fn(emb, y, miner(emb, y)) if miner is not None else loss_fn(emb, y)
+                loss = loss_forward(emb, y, miner(emb, y)) if miner is not None else loss_forward(emb, y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 losses.append(float(loss.detach()))
-            score = self._holdout_score(embedder, images, labels, train_rows, held_rows, device)
-            record = {"loss": float(np.mean(losses)) if losses else float("nan"), "holdout_precision_at_k": score,
-                      "seconds": time.perf_counter() - t_epoch}
+            session.synchronise(model)  # BatchNorm statistics: the first worker's, so every copy is the same network
+            score = self._holdout_score(embedder, images, labels, train_rows, held_rows, session)
+            record = {"loss": session.mean(float(np.mean(losses)) if losses else float("nan")),
+                      "holdout_precision_at_k": score, "seconds": time.perf_counter() - t_epoch}
             history.append(record)
             if score > best_score or not len(held_rows):  # no held-out rows: the last epoch
                 best, best_score, since_best = epoch, score, 0
-                _save_atomically(model.state_dict(), out_dir / "weights.pt")
+                best_weights = _copy(model.state_dict())
             else:
                 since_best += 1
-            _save_atomically({"key": key, "model": model.state_dict(), "loss": loss_fn.state_dict(),
-                              "optimizer": optimizer.state_dict(), "history": history, "best": best,
-                              "best_score": best_score, "epoch": epoch, "rng": _rng()}, checkpoint)
-            if log_epoch is not None:
-                log_epoch(record, epoch)
+            session.save({"key": key, "model": model.state_dict(), "loss": loss_fn.state_dict(),
+                          "optimizer": optimizer.state_dict(), "history": history, "best": best,
+                          "best_score": best_score, "epoch": epoch, "rng": _rng(), "weights": best_weights},
+                         replica={"rank": session.rank, "digest": _digest(model.state_dict()),
+                                  "rows": sorted({int(r) for rows in mine for r in rows})})
             log.info("train epoch %d: loss %.4f, holdout P@%d %.4f (%d parameters trained)", epoch, record["loss"],
                      self.k, score, trainable)
-        return history, best
+        session.finish(history, best, best_weights)
 
     def _epoch_length(self, n: int) -> int:
         steps = self.steps_per_epoch or max(1, n // self.batch_size)
@@ -264,12 +283,20 @@ class MetricLearning:
                            v2.ColorJitter(0.2, 0.2, 0.2, 0.02)])
 
     @torch.no_grad()
-    def _holdout_score(self, embedder, images, labels, train_rows, held_rows, device) -> float:
+    def _holdout_score(self, embedder, images, labels, train_rows, held_rows, session) -> float:
+        """P@k of the held-out rows among the training rows; each worker embeds its share of the rows,
+        and the first worker's score is every worker's (so they all stop at the same epoch)."""
         if not len(held_rows):
             return 0.0
         embedder.eval()
-        emb = torch.cat([embedder(chunk.to(device)).float().cpu() for chunk in images.split(64)])
-        return precision_at_k(emb[held_rows], labels[held_rows], emb[train_rows], labels[train_rows], self.k)
+        rows = np.concatenate([held_rows, train_rows])
+        mine = rows[session.rank::session.world]
+        part = torch.cat([embedder(images[chunk].to(session.device)).float()
+                          for chunk in np.array_split(mine, max(1, -(-len(mine) // 64)))])
+        emb = session.gather(part, len(rows)).cpu()
+        n = len(held_rows)
+        score = precision_at_k(emb[:n], labels[held_rows], emb[n:], labels[train_rows], self.k)
+        return session.broadcast(score)
 
 
 def _cpu_bf16() -> bool:
@@ -295,7 +322,21 @@ def _set_rng(state: dict) -> None:
     torch.set_rng_state(state["torch"])
 
 
-def _save_atomically(obj, path: Path) -> None:
+def _copy(state: dict) -> dict:
+    return {name: value.detach().clone() for name, value in state.items()}
+
+
+def _digest(state: dict) -> str:
+    """sha256 of a state dict's tensors in order: two workers' networks are the same iff equal."""
+    h = hashlib.sha256()
+    for name, value in state.items():
+        h.update(name.encode())
+        h.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+                 if value.numel() else b"")
+    return h.hexdigest()
+
+
+def save_atomically(obj, path: Path) -> None:
     partial = path.with_name(f".{path.name}.{os.getpid()}")
     torch.save(obj, partial)
     os.replace(partial, path)
