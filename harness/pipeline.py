@@ -49,6 +49,7 @@ class Pipeline:
     @property
     def run_name(self) -> str:
         parts = [self.backbone.arch, self.cfg.layer.name, *(["flip"] if self.backbone.tta == "flip" else []),
+                 *([f"ft_{self.trainer.name}"] if self.trainer is not None else []),
                  self.preprocess.name, repr(self.metric)]
         parts += [f"{part.name}" for part in (self.projection, self.augment) if part is not None]
         parts += [f"qe{self.expansion.n}"] if self.expansion is not None else []

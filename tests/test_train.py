@@ -224,3 +224,9 @@ def test_ray_train_two_workers_average_their_gradients_and_resume_through_ray(cf
 def test_train_engine_as_a_value_is_refused_in_one_line(cfg_factory):
     with pytest.raises(HarnessError, match="train/engine=ray"):
         build(cfg_factory(*QUICK, "train.engine=ray", "tracker=none", "backbone.weights=random"))
+
+
+def test_a_fine_tuned_run_is_named_apart_from_a_frozen_one(cfg_factory):
+    frozen = build(cfg_factory("tracker=none", "backbone.weights=random")).run_name
+    tuned = build(cfg_factory(*QUICK, "loss=proxy_anchor", "tracker=none", "backbone.weights=random")).run_name
+    assert tuned == frozen.replace("-penultimate-", "-penultimate-ft_proxyanchor-")

@@ -127,6 +127,12 @@ class MetricLearning:
             engine = LocalTraining()
         self.engine = engine
 
+    @property
+    def name(self) -> str:
+        """The loss, as a run's name shows it: multisimilarity, proxyanchor, arcface, triplet."""
+        loss = getattr(self.loss_factory, "func", self.loss_factory)
+        return getattr(loss, "__name__", type(loss).__name__).removesuffix("Loss").lower()
+
     # -- what is trained on ------------------------------------------------------------------
     def settings(self) -> dict:
         """Everything that changes the trained weights (a checkpoint of other settings is not resumed)."""
