@@ -33,7 +33,7 @@ run: install data
 	$(PY) -m harness
 
 test: install browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25   # the slowest tests, printed: CI aims at under 20 minutes
 
 ui: install
 	$(PY) -m mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db
