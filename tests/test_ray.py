@@ -92,10 +92,12 @@ def test_two_nodes_embed_what_the_local_engine_does(cluster, tmp_path, cfg_facto
     assert np.abs(remote_box.emb[odd] - local.emb[odd]).max(axis=1).min() > 1e-3 * scale  # cropped: others
 
 
-def ray_worker_pids() -> list[int]:
+def ray_worker_pids(address: str) -> list[int]:
     from ray.util.state import list_actors
 
-    return [a.pid for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True)
+    # The address is explicit: with another Ray instance on the machine, the state API's own
+    # guess ("the latest cluster") may be one without a dashboard.
+    return [a.pid for a in list_actors(address=address, filters=[("state", "=", "ALIVE")], detail=True)
             if "MapWorker" in a.class_name and a.pid]
 
 
@@ -123,7 +125,7 @@ def test_a_killed_worker_loses_and_repeats_nothing(cluster, tmp_path, cfg_factor
             continue
         with sqlite3.connect(store_path) as db:
             stored = db.execute("SELECT count(*) FROM features").fetchone()[0]
-        pids = ray_worker_pids()
+        pids = ray_worker_pids(cluster.address)
         if 0 < stored < 40 and pids:  # batches stored, and batches still in flight
             os.kill(pids[0], signal.SIGKILL)
             killed = pids[0]
