@@ -495,11 +495,13 @@ def bench_segment(args) -> list[dict]:
     Mask R-CNN) on the composite queries (`experiments/composite_queries.py`) against the studio catalog,
     with the real efficientnet_lite0 weights: same-product Recall@1/5, category and subcategory P@5, and
     the preprocessing's CPU milliseconds per image; the true box (`preprocess.crop=bbox` on the queries)
-    as the ceiling. Then the studio catalog alone, segment vs roi (holdout and 5-fold P@5), and the colour
+    as the ceiling; segment also with keep_contrast=false (GrabCut's mask alone on studio photos). Then the
+    studio catalog alone, segment (both ways) vs roi (holdout and 5-fold P@5), and the colour
     correlation of the segment run's neighbours over whole photos, ROI crops and GrabCut's regions."""
     from harness.run import run
 
     variants = {"resize": ["preprocess=resize"], "roi": ["preprocess=roi"], "segment": ["preprocess=segment"],
+                "segment, keep_contrast=false": ["preprocess=segment", "preprocess.keep_contrast=false"],
                 f"detect {args.detect_arch} ({args.detect_weights} weights)": [
                     "preprocess=detect", f"preprocess.arch={args.detect_arch}", f"preprocess.weights={args.detect_weights}",
                     f"preprocess.min_size={args.detect_min_size}"],
@@ -540,10 +542,12 @@ def bench_segment(args) -> list[dict]:
             rows.append(row)
             print(row, flush=True)
         torch.set_num_threads(os.cpu_count() or 1)
-        for label in ("roi", "segment"):
+        studio = {"roi": ["preprocess=roi"], "segment": ["preprocess=segment"],
+                  "segment, keep_contrast=false": ["preprocess=segment", "preprocess.keep_contrast=false"]}
+        for label, settings in studio.items():
             row = {"studio": label}
             for protocol in ("holdout", "kfold"):
-                metrics = run(compose_config(*common, f"protocol={protocol}", f"preprocess={label}",
+                metrics = run(compose_config(*common, f"protocol={protocol}", *settings,
                                              *(["protocol.folds=5"] if protocol == "kfold" else [])))
                 for level in ("category", "subcategory"):
                     key = f"{level}_precision_at_5" + ("_mean" if protocol == "kfold" else "")

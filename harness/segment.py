@@ -6,7 +6,8 @@ studio background, cropped to the box, padded to a square and resized (the study
 box (`harness.preprocess.foreground_box`) where nine tenths of the photo's border is one colour (a
 studio photo), else (a shopper's photo) with the photo inset by `inset` on every side. GrabCut runs on a copy whose long side
 is `work_size` pixels (its cost grows with the pixel count; a mask needs no more) with OpenCV's random
-generator seeded, so a photo always gives the same mask. A subclass finds the mask another way by
+generator seeded, so a photo always gives the same mask. On a studio photo the pixels unlike the
+backdrop join the mask (`keep_contrast`), and regions under MIN_ITEM of the photo leave it. A subclass finds the mask another way by
 overriding `mask` (`harness.detect.Detected`: a pretrained detector's).
 
 The photo is decoded in full (the box is known only after decoding, and may be a small part of it).
@@ -35,6 +36,14 @@ def mask_box(mask: np.ndarray, margin: float = 0.0) -> tuple[int, int, int, int]
             min(int(cols[-1]) + 1 + pad, width), min(int(rows[-1]) + 1 + pad, height))
 
 
+def without_specks(mask: np.ndarray) -> np.ndarray:
+    """The mask's regions of at least MIN_ITEM of the photo (all of it where none is): a speck far from
+    the product would stretch its box and push the product off centre."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    keep = [n for n in range(1, count) if stats[n, cv2.CC_STAT_AREA] >= MIN_ITEM * mask.size]
+    return np.isin(labels, keep) if keep else mask
+
+
 class Segment(Preprocess):
     """GrabCut's mask of the product; the pixels outside it painted `background`, the rest cropped
     to the mask's box (plus `margin`), padded and resized."""
@@ -42,8 +51,8 @@ class Segment(Preprocess):
 
     def __init__(self, size: int = 224, iterations: int = 3, work_size: int = 160, tolerance: int = 24,
                  margin: float = 0.02, inset: float = 0.05, background=(255, 255, 255),
-                 interpolation: str = "bilinear", scaled_decode: bool = True, decode_gap: float = 1.0,
-                 crop: str = "none"):
+                 keep_contrast: bool = True, interpolation: str = "bilinear", scaled_decode: bool = True,
+                 decode_gap: float = 1.0, crop: str = "none"):
         super().__init__(size, interpolation, scaled_decode, decode_gap, crop)
         if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
             raise HarnessError(f"preprocess.iterations must be a whole number >= 1, got {iterations!r}.")
@@ -55,15 +64,21 @@ class Segment(Preprocess):
         if len(background) != 3 or not all(isinstance(v, int) and 0 <= v <= 255 for v in background):
             raise HarnessError(f"preprocess.background must be three whole numbers 0-255 (RGB), got {list(background)!r}.")
         self.iterations, self.work_size, self.tolerance = iterations, work_size, tolerance
+        if not isinstance(keep_contrast, bool):
+            raise HarnessError(f"preprocess.keep_contrast must be true or false, got {keep_contrast!r}.")
         self.margin, self.inset, self.background = margin, inset, list(background)
+        self.keep_contrast = keep_contrast
 
-    def start(self, img: Image.Image) -> tuple[int, int, int, int]:
-        """GrabCut's starting rectangle: the ROI trim's box on a studio photo (most of its border one
-        colour), else the photo inset by `inset` (a cluttered border trims nothing meaningful)."""
+    def studio(self, img: Image.Image) -> bool:
+        """Nine tenths of the photo's border within `tolerance` of one colour: a studio backdrop."""
         arr = np.asarray(img).astype(np.int16)
         border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]])
-        plain = (np.abs(border - np.array(border_colour(img), np.int16)).max(axis=1) <= self.tolerance).mean()
-        if plain >= 0.9:
+        return (np.abs(border - np.array(border_colour(img), np.int16)).max(axis=1) <= self.tolerance).mean() >= 0.9
+
+    def start(self, img: Image.Image) -> tuple[int, int, int, int]:
+        """GrabCut's starting rectangle: the ROI trim's box on a studio photo, else the photo inset by
+        `inset` (a cluttered border trims nothing meaningful)."""
+        if self.studio(img):
             box = foreground_box(img, self.tolerance, 0.0)
             if box != (0, 0, img.width, img.height):
                 return box
@@ -92,7 +107,13 @@ class Segment(Preprocess):
             found[top:bottom, left:right] = True
         if scale < 1:
             found = cv2.resize(found.astype(np.uint8), img.size, interpolation=cv2.INTER_NEAREST).astype(bool)
-        return found
+        if self.keep_contrast and self.studio(img):
+            # On a plain backdrop a pixel unlike it is product (or the model wearing it): GrabCut alone
+            # drops low-contrast parts and bare skin, and the catalog's features drift from the ROI
+            # trim's (README "Segmenting").
+            arr = np.asarray(img).astype(np.int16)
+            found |= np.abs(arr - np.array(border_colour(img), np.int16)).max(axis=2) > self.tolerance
+        return without_specks(found)
 
     def cut(self, img: Image.Image, mask: np.ndarray) -> Image.Image:
         """The masked product on the background colour, cropped to its box."""

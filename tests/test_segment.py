@@ -52,6 +52,47 @@ def test_grabcut_finds_it_in_clutter_from_the_inset_photo():
     assert iou(seg.mask(img), truth) > 0.8
 
 
+def two_tone_garment():
+    """A studio photo of a garment half pale grey, half red: GrabCut alone drops pale pixels at its edge."""
+    rng = np.random.default_rng(0)
+    canvas = textured((200, 260), (250, 250, 250), rng, 3)
+    pale, red = np.zeros((260, 200), bool), np.zeros((260, 200), bool)
+    pale[20:240, 40:100], red[20:240, 100:160] = True, True
+    canvas[pale] = textured((200, 260), (215, 215, 218), rng, 3)[pale]
+    canvas[red] = textured((200, 260), (190, 40, 50), rng, 6)[red]
+    return canvas
+
+
+def test_on_a_studio_photo_every_pixel_unlike_the_backdrop_stays_in_the_mask():
+    canvas = two_tone_garment()
+    unlike = np.abs(canvas.astype(int) - 250).max(axis=2) > 24
+    grabcut = Segment(size=64, keep_contrast=False).mask(Image.fromarray(canvas))
+    assert not grabcut[unlike].all()                        # what keep_contrast is for
+    assert Segment(size=64).mask(Image.fromarray(canvas))[unlike].all()
+
+
+def test_keep_contrast_leaves_a_cluttered_photo_to_grabcut():
+    rng = np.random.default_rng(1)
+    stripes = np.zeros((260, 200, 3), np.uint8)
+    for n, x in enumerate(range(0, 200, 20)):
+        stripes[:, x:x + 20] = [(30, 120, 200), (40, 170, 90), (220, 220, 60)][n % 3]
+    img, _ = known_object(stripes, rng, ellipse=(40, 50, 160, 220))
+    assert np.array_equal(Segment(size=64).mask(img), Segment(size=64, keep_contrast=False).mask(img))
+
+
+def test_a_speck_far_from_the_product_does_not_stretch_its_box():
+    canvas = two_tone_garment()
+    canvas[4:7, 190:193] = 20  # a dark speck in the corner, unlike the backdrop
+    mask = Segment(size=64, margin=0.0).mask(Image.fromarray(canvas))
+    assert not mask[4:7, 190:193].any()
+    assert max(abs(a - b) for a, b in zip(mask_box(mask), (40, 20, 160, 240))) <= 1  # the mask is scaled up
+
+
+def test_keep_contrast_is_checked():
+    with pytest.raises(HarnessError, match="keep_contrast"):
+        Segment(keep_contrast="yes")
+
+
 def test_segment_keeps_only_the_product_on_the_background_colour():
     img, truth = known_object((200, 200, 205), np.random.default_rng(2))
     seg = Segment(size=64, margin=0.0)
