@@ -47,9 +47,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
                 if training:  # the served network: fine-tuned once more, on the whole served catalog
                     final = train_rows(pipe, catalog, served_rows(catalog, result))
                     served = pipe.extract_with(final.weights, catalog, store)
-                    served_emb, fingerprint, weights = served.emb, served.fingerprint, final.weights
+                    served_emb, fingerprint = served.emb, served.fingerprint
                     job.log_metrics({"train_served_seconds": final.seconds, "train_served_best_epoch": final.best_epoch})
-                    job.log_weights(final.weights)
+                    weights = (final.weights, job.log_weights(final.weights))
                 log_served_model(job, pipe, catalog, served_emb, result, metrics, fingerprint, weights)
             ids = catalog.items["item_id"].to_numpy()
             store.put_neighbours(job.run_id, ids[result.query_rows],

@@ -203,6 +203,49 @@ def test_served_searcher_swaps_versions_under_concurrent_queries(cfg_factory, ca
     assert set(seen) == {1, 2}
 
 
+def test_a_served_model_never_moves_onto_another_extractors_vectors(cfg_factory, catalog_dir, tmp_path, caplog):
+    from harness.serving.searcher import Searcher, Settings
+
+    cfg = cfg_factory("dataset=products", f"dataset.root={catalog_dir}", "backbone.weights=random",
+                      "backbone.input_size=64", "runtime=torch", "tracker=none")
+    build_index(build(cfg))
+    index = open_index(cfg)
+    mine = index.read(1)
+    fingerprint = mine.manifest["fingerprint"]
+    settings = Settings.from_cfg(cfg, str(catalog_dir), {"run_id": "t"})
+    settings.index = {"root": str(index.dir.parent), "name": index.name, "version": 1, "follow": True,
+                      "fingerprint": fingerprint}
+    model = Searcher.write(tmp_path / "model", settings)
+    info = {k: v for k, v in mine.manifest.items() if k not in ("version", "parent", "created", "dim", "segments", "next_id")}
+    # another extractor's vectors of the same catalog made current (e.g. a fine-tuned network's)
+    other = np.random.default_rng(0).normal(size=mine.vectors.shape).astype(np.float32)
+    assert index.commit(mine.items, other, full=True, info={**info, "fingerprint": "someone-else"}) == 2
+    with caplog.at_level("WARNING"):
+        searcher = Searcher.load(model)
+    assert searcher.version == 1 and "another extractor's vectors" in caplog.text
+    np.testing.assert_array_equal(searcher.features, mine.vectors)
+    with pytest.raises(HarnessError, match="another extractor's vectors"):
+        searcher.reload(2)
+    searcher.poll_seconds = 0.0
+    for _ in range(200):  # bounded: following, the foreign version is tried once and refused
+        searcher.current()
+        if searcher._refused == 2:
+            break
+        time.sleep(0.02)
+    assert searcher._refused == 2 and searcher.version == 1
+    # the index moves on to vectors of the model's own extractor: followed
+    assert index.commit(mine.items.iloc[:-1], mine.vectors[:-1], full=True, info=info) == 3
+    for _ in range(200):
+        if searcher.current().version == 3:
+            break
+        time.sleep(0.02)
+    assert searcher.version == 3 and len(searcher.catalog) == len(mine.items) - 1
+    # a model pinned to a version of another extractor is refused outright
+    settings.index = {**settings.index, "version": 2, "follow": False}
+    with pytest.raises(HarnessError, match="another extractor's vectors"):
+        Searcher.load(Searcher.write(tmp_path / "pinned", settings))
+
+
 def test_runs_of_a_sweep_publish_the_catalog_once(cfg_factory, catalog_dir, tmp_path):
     from tests.conftest import SHARED
 

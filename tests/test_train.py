@@ -173,6 +173,20 @@ def test_a_run_logs_its_network_which_loads_by_runs_uri_and_serves_the_same_feat
     searcher = Searcher.load(model_dir)
     photo = Image.open(catalog.items["path"].iloc[5])
     np.testing.assert_allclose(searcher.embed([photo])[0], feats.emb[5], rtol=1e-4, atol=1e-5 * np.abs(feats.emb[5]).max())
+    # the fine-tuned vectors have an index of their own, named by the network's URI: the frozen extractor's
+    # index (which a train=none model follows) never receives them, and the same overrides update this one
+    from harness.index.lifecycle import open_index, update
+
+    assert searcher.settings.index["name"] == open_index(cfg).name != open_index(compose_config(*common)).name
+    assert open_index(compose_config(*common)).current() is None
+    manifest = pd.read_csv(catalog_dir / "manifest.csv", dtype=str)
+    extra = manifest.iloc[[0]].assign(item_id="extra-0")
+    manifest = pd.concat([manifest, extra], ignore_index=True)
+    manifest.to_csv(catalog_dir / "manifest.csv", index=False)
+    updated = update(build(cfg))
+    assert (updated["version"], updated["added"], updated["embedded"]) == (2, 1, 0)  # a copy of a stored photo
+    searcher = Searcher.load(model_dir)
+    assert searcher.version == 2 and "extra-0" in set(searcher.catalog["item_id"])
     # an altered carried network is never served
     with open(model_dir / "weights.pt", "ab") as fh:
         fh.write(b"0")

@@ -97,28 +97,45 @@ def tracked_file(pipe) -> Path | None:
     return Path(pipe.backbone.weights) if str(pipe.cfg.backbone.get("weights", "")).startswith(TRACKED) else None
 
 
+def served_index_cfg(cfg, weights_uri: str | None):
+    """The config naming the index a model serves from: a fine-tuned network's is named by the URI it was
+    logged under, so `python -m harness.index update <the run's overrides> backbone.weights=<uri>` updates
+    it, and a frozen model of the same extractor (index.follow) never moves onto fine-tuned vectors."""
+    if weights_uri is None:
+        return cfg
+    import copy
+
+    from omegaconf import OmegaConf
+
+    named = copy.deepcopy(cfg)
+    OmegaConf.update(named, "backbone.weights", weights_uri, force_add=True)
+    return named
+
+
 def log_served_model(job, pipe, catalog: Catalog, emb: np.ndarray, result, metrics: dict, fingerprint: str,
-                     weights=None) -> str:
+                     weights: tuple | None = None) -> str:
     """Publish a run's served catalog to its index (a new version only if it differs from the current
     one: a sweep over metrics stores its vectors once) and log the searcher that names it with `job`
     (registered as serving.model_name's champion when serving.register is set). `emb`: one row per
     catalog row; `result`: the run's Evaluation; `fingerprint`: its features'; `weights`: the served
     network's weights file where it is not the configured one (train=metric's, fine-tuned on the served
-    catalog). A weights file is carried inside the model, checked by its digest when it is loaded."""
+    catalog), as (local file, the URI the run logged it under). A weights file is carried inside the model,
+    checked by its digest when it is loaded; the model serves only index versions of `fingerprint`."""
     cfg = pipe.cfg
     score = metrics.get(cfg.selection.metric)
     run = {"run_id": job.run_id, "run_name": pipe.run_name, cfg.selection.metric: score}
     parts = served_parts(cfg, catalog, emb, [r for r, _ in result.excluded], pipe.projection, pipe.metric, run,
                          pipe.backbone.calibration, pipe.augment)
     settings, items, vectors, fitted = parts.settings, parts.items, parts.features, parts.projection
-    index = open_index(cfg)
+    weights_file, weights_uri = weights or (None, None)
+    index = open_index(served_index_cfg(cfg, weights_uri))
     version = publish(index, items, vectors, manifest_info(pipe, fingerprint, catalog.root))
     settings.index = {"root": str(index.dir.parent), "name": index.name, "version": version,
-                      "follow": bool(cfg.index.follow), **reference(cfg)}
+                      "follow": bool(cfg.index.follow), "fingerprint": fingerprint, **reference(cfg)}
     remote = from_reference(settings.index, index, settings.metric, fitted)
     if remote is not None:
         remote.sync(version)  # the model serves from Milvus: it holds this version before the model is logged
     with tempfile.TemporaryDirectory() as tmp:
         directory = Searcher.write(Path(tmp) / "searcher", settings, fitted, read_groups(cfg.serving.duplicates, items),
-                                   parts.augmentation, parts.augment_level, weights or tracked_file(pipe))
+                                   parts.augmentation, parts.augment_level, weights_file or tracked_file(pipe))
         return job.log_model(directory, cfg.serving.model_name if cfg.serving.register else None, score)

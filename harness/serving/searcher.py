@@ -189,6 +189,8 @@ class Searcher:
 
     def _swap(self, version: int) -> None:
         snapshot = self.source.read(version, vectors=self.remote is None)
+        if foreign := self.foreign(self.settings, snapshot):
+            raise HarnessError(foreign)
         self.served = self._serve(snapshot.items, snapshot.vectors, snapshot.version, snapshot)
         log.info("serving index %s version %d (%d items)", self.source.dir, snapshot.version, len(snapshot.items))
 
@@ -255,10 +257,26 @@ class Searcher:
                        augmentation=augmentation)
         ref = settings.index
         store = IndexStore(ref["root"], ref["name"])
-        follow = bool(ref.get("follow", True))
-        snapshot = store.read(None if follow else ref["version"], vectors=ref.get("backend", "faiss") != "milvus")
+        follow, vectors = bool(ref.get("follow", True)), ref.get("backend", "faiss") != "milvus"
+        snapshot = store.read(None if follow else ref["version"], vectors=vectors)
+        if foreign := cls.foreign(settings, snapshot):
+            if snapshot.version == ref["version"]:
+                raise HarnessError(foreign)
+            log.warning("%s; serving the model's own version %s until the index moves on", foreign, ref["version"])
+            snapshot = store.read(ref["version"], vectors=vectors)
         return cls(settings, snapshot.items, snapshot.vectors, projection, store, snapshot.version, follow,
                    snapshot=snapshot, duplicates=duplicates, augmentation=augmentation)
+
+    @staticmethod
+    def foreign(settings: Settings, snapshot: Snapshot) -> str | None:
+        """Why the model cannot serve `snapshot`: its vectors are another extractor's than the one the
+        model embeds queries with (another fingerprint); None when it can, or when either side predates
+        the record."""
+        want, have = (settings.index or {}).get("fingerprint"), snapshot.manifest.get("fingerprint")
+        if not want or not have or want == have:
+            return None
+        return (f"index {settings.index['name']} version {snapshot.version} holds another extractor's vectors "
+                f"(fingerprint {have}; this model's queries are {want}): not served")
 
     @staticmethod
     def read_augmentation(directory: Path, record: dict | None) -> FittedAugmentation | None:

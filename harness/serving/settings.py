@@ -25,7 +25,8 @@ class Settings:
     # so the served model quantizes the same network where it is not cached
     calibration: dict | None = None
     # The catalog's index (harness.index): root, name, the version the run published, and whether to
-    # follow the index's current version; None for models that carry their catalog themselves.
+    # follow the index's current version, and the fingerprint of the features the model serves (a
+    # version of another is never served); None for models that carry their catalog themselves.
     index: dict | None = None
     # The run's search.index config (exact | ivf | hnsw and its settings); None: exact (older models).
     search: dict | None = None
