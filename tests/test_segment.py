@@ -40,13 +40,17 @@ def test_grabcut_finds_a_known_object_on_a_studio_background():
     assert np.array_equal(seg.mask(img), mask)  # seeded: the same photo, the same mask
 
 
-def test_grabcut_finds_it_in_clutter_from_the_inset_photo():
-    """No uniform border to trim: GrabCut starts from the photo inset by 5 % and still finds the object."""
-    rng = np.random.default_rng(1)
+def cluttered_photo():
+    """An object on colourful stripes (no uniform border), and its true mask."""
     stripes = np.zeros((260, 200, 3), np.uint8)
     for n, x in enumerate(range(0, 200, 20)):
         stripes[:, x:x + 20] = [(30, 120, 200), (40, 170, 90), (220, 220, 60)][n % 3]
-    img, truth = known_object(stripes, rng, ellipse=(40, 50, 160, 220))
+    return known_object(stripes, np.random.default_rng(1), ellipse=(40, 50, 160, 220))
+
+
+def test_grabcut_finds_it_in_clutter_from_the_inset_photo():
+    """No uniform border to trim: GrabCut starts from the photo inset by 5 % and still finds the object."""
+    img, truth = cluttered_photo()
     seg = Segment(size=64)
     assert seg.start(img) == (10, 13, 190, 247)
     assert iou(seg.mask(img), truth) > 0.8
@@ -72,11 +76,7 @@ def test_on_a_studio_photo_every_pixel_unlike_the_backdrop_stays_in_the_mask():
 
 
 def test_keep_contrast_leaves_a_cluttered_photo_to_grabcut():
-    rng = np.random.default_rng(1)
-    stripes = np.zeros((260, 200, 3), np.uint8)
-    for n, x in enumerate(range(0, 200, 20)):
-        stripes[:, x:x + 20] = [(30, 120, 200), (40, 170, 90), (220, 220, 60)][n % 3]
-    img, _ = known_object(stripes, rng, ellipse=(40, 50, 160, 220))
+    img, _ = cluttered_photo()
     assert np.array_equal(Segment(size=64).mask(img), Segment(size=64, keep_contrast=False).mask(img))
 
 
